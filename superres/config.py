@@ -1,0 +1,130 @@
+"""The one place configuration lives: typed, with defaults for the embedded setup.
+
+Precedence, lowest first: the defaults below, environment variables
+(``SUPERRES_<FIELD>``, upper case), then per-run overrides such as DAG params
+(:meth:`Settings.override`).  Production switches storage, Spark, Picsum and
+the notifier by changing values here, never code.
+
+Secrets (the callback HMAC key) are held as :class:`Secret`, whose ``repr``
+is masked so they cannot leak through logs or ``run.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+ENV_PREFIX = "SUPERRES_"
+MODES = ("evaluate", "upscale")
+
+
+class Secret(str):
+    """A string that never shows itself in repr/str formatting of containers or logs."""
+
+    def __repr__(self) -> str:
+        return "Secret('***')" if self else "Secret('')"
+
+    def reveal(self) -> str:
+        return str.__str__(self)
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Storage: a local directory or s3://bucket/prefix (via the aws connection).
+    storage_uri: str = str(PROJECT_ROOT / "data")
+    # Where Spark writes intermediate Parquet: any path every Spark node can reach
+    # (a local dir for local[*]; hdfs://, s3a:// or a shared mount on a cluster).
+    staging_uri: str = str(PROJECT_ROOT / "data" / "_staging")
+    models_dir: str = str(PROJECT_ROOT / "include" / "models")
+
+    # Source photos: the offline Picsum-compatible server by default.
+    picsum_url: str = "http://127.0.0.1:8899"
+    fetch_timeout_s: float = 10.0  # connect and read timeout per request
+    fetch_retries: int = 4  # attempts after the first one
+    fetch_backoff_s: float = 0.5  # base of the exponential backoff
+    fetch_concurrency: int = 4
+    min_success_ratio: float = 0.5  # below this the fetch task fails the run
+    max_pixels: int = 40_000_000  # decompression-bomb limit
+
+    # The run.
+    num_images: int = 8
+    scale: int = 2
+    tile_size: int = 128
+    image_width: int = 512
+    image_height: int = 512
+    mode: str = "evaluate"
+    batch_size: int = 16
+    device: str = "auto"
+
+    # Airflow connection ids.
+    aws_conn_id: str = "aws_default"
+    spark_conn_id: str = "spark_default"
+    notifier_conn_id: str = "notifier_default"
+
+    # Notifier callback signing.
+    callback_secret: Secret = field(default_factory=lambda: Secret(""))
+    callback_max_skew_s: int = 300
+
+    def __post_init__(self) -> None:
+        if self.scale not in (2, 3, 4):
+            raise ValueError(f"scale must be 2, 3 or 4, got {self.scale}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        for name in ("num_images", "tile_size", "image_width", "image_height", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if not 0.0 <= self.min_success_ratio <= 1.0:
+            raise ValueError("min_success_ratio must be within [0, 1]")
+        if not isinstance(self.callback_secret, Secret):
+            object.__setattr__(self, "callback_secret", Secret(self.callback_secret))
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is not None and raw != "":
+                values[f.name] = _coerce(f, raw)
+        # The README's short form: PICSUM_URL=https://picsum.photos make run
+        if "picsum_url" not in values and env.get("PICSUM_URL"):
+            values["picsum_url"] = env["PICSUM_URL"]
+        return cls(**values)
+
+    def override(self, params: Mapping[str, Any] | None) -> "Settings":
+        """A copy with the known, non-None keys of ``params`` (e.g. DAG params) applied."""
+        if not params:
+            return self
+        names = {f.name: f for f in fields(self)}
+        changes = {k: _coerce(names[k], v) for k, v in params.items() if k in names and v is not None}
+        return dataclasses.replace(self, **changes)
+
+    def public(self) -> dict[str, Any]:
+        """A JSON-able view for reports and logs, with secrets masked."""
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = ("***" if v else "") if isinstance(v, Secret) else v
+        return out
+
+
+def _coerce(f: dataclasses.Field, raw: Any) -> Any:
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    if kind == "int":
+        return int(raw)
+    if kind == "float":
+        return float(raw)
+    if kind == "Secret":
+        return Secret(str(raw))
+    if kind == "bool":
+        return str(raw).lower() in ("1", "true", "yes", "on")
+    return str(raw)
+
+
+def load(params: Mapping[str, Any] | None = None) -> Settings:
+    """Settings from the environment, with per-run ``params`` on top."""
+    return Settings.from_env().override(params)

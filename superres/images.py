@@ -1,0 +1,141 @@
+"""Decoding images into plain uint8 arrays, or a clear reason why not.
+
+Every odd input the pipeline can meet is either normalised here or rejected
+with an :class:`ImageError` whose ``reason`` is a short machine-readable code
+(used in quarantine records) and whose message says what was wrong.
+
+Handled: grey (L, 1), grey+alpha (LA), palette (P, with or without
+transparency), RGB, RGBA, CMYK, YCbCr/LAB/HSV, 16-bit and 32-bit integer
+grey, any EXIF orientation.  Rejected: empty, truncated or corrupt data,
+non-image bytes, animations, float images, and anything over the pixel limit.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+DEFAULT_MAX_PIXELS = 40_000_000
+
+ALLOWED_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "PPM"}
+
+
+class ImageError(ValueError):
+    """An input that cannot be super-resolved; ``reason`` is a stable code."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass
+class Decoded:
+    pixels: np.ndarray  # uint8: HxW (grey), HxWx2 (LA), HxWx3 (RGB) or HxWx4 (RGBA)
+    format: str  # the container format PIL detected, e.g. "JPEG"
+    source_mode: str  # the mode before normalisation, e.g. "CMYK" or "I;16"
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+    @property
+    def has_alpha(self) -> bool:
+        return self.pixels.ndim == 3 and self.pixels.shape[2] in (2, 4)
+
+    def rgb(self) -> np.ndarray:
+        """Colour pixels without alpha, grey expanded to three equal channels."""
+        px = self.pixels if self.pixels.ndim == 3 else self.pixels[..., None]
+        base = px[..., :3] if px.shape[2] >= 3 else px[..., :1]
+        return np.ascontiguousarray(np.repeat(base, 3, axis=2) if base.shape[2] == 1 else base)
+
+
+def _normalise_mode(img: Image.Image) -> Image.Image:
+    mode = img.mode
+    if mode in ("RGB", "RGBA", "L", "LA"):
+        return img
+    if mode == "1":
+        return img.convert("L")
+    if mode == "P" or mode == "PA":
+        has_alpha = "transparency" in img.info or mode == "PA"
+        return img.convert("RGBA" if has_alpha else "RGB")
+    if mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        return img.convert("RGB")
+    if mode == "RGBX" or mode == "RGBa":
+        return img.convert("RGBA" if mode == "RGBa" else "RGB")
+    if mode.startswith("I;16") or mode == "I":
+        # 16/32-bit grey: keep the top 8 bits of the used range (16-bit full scale).
+        arr = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        return Image.fromarray(np.clip(np.rint(arr / peak * 255.0), 0, 255).astype(np.uint8))
+    raise ImageError("unsupported_mode", f"unsupported pixel mode {mode!r}")
+
+
+def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
+    """Decode image bytes into uint8 pixels, applying EXIF orientation."""
+    if not data:
+        raise ImageError("empty", "empty body: 0 bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            fmt = img.format or "unknown"
+            width, height = img.size
+            if width * height > max_pixels:
+                raise ImageError(
+                    "too_many_pixels",
+                    f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}",
+                )
+            if fmt not in ALLOWED_FORMATS:
+                raise ImageError("unsupported_format", f"unsupported image format {fmt}")
+            frames = getattr(img, "n_frames", 1)
+            if frames > 1:
+                raise ImageError("animated", f"animated {fmt} with {frames} frames is not supported")
+            img.load()
+    except ImageError:
+        raise
+    except UnidentifiedImageError as exc:
+        head = data[:64].lstrip().lower()
+        if head.startswith((b"<!doctype", b"<html", b"<?xml", b"{")):
+            raise ImageError("not_an_image", "body is text (HTML/XML/JSON), not an image") from exc
+        raise ImageError("not_an_image", "bytes are not a recognised image format") from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError("too_many_pixels", f"decompression bomb: {exc}") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError("corrupt", f"truncated or corrupt {fmt} data: {exc}") from exc
+    source_mode = img.mode
+    if source_mode == "F":
+        raise ImageError("unsupported_mode", "32-bit float images are not supported")
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception as exc:  # a broken EXIF block must not sink a good photo
+        raise ImageError("corrupt", f"unreadable EXIF orientation: {exc}") from exc
+    img = _normalise_mode(img)
+    return Decoded(np.ascontiguousarray(np.asarray(img, dtype=np.uint8)), fmt, source_mode)
+
+
+def read(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
+    return decode(Path(path).read_bytes(), max_pixels=max_pixels)
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    """uint8 HxW / HxWx{2,3,4} -> PNG bytes (deterministic: no timestamps)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels)).save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm"}
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files directly in a folder, sorted by name."""
+    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)

@@ -1,0 +1,202 @@
+"""FSRCNN (Dong et al., ECCV 2016) and its weights format.
+
+A weights file is a plain ``state_dict`` (``<name>.pt``) next to a small JSON
+metadata file (``<name>.json``) that says which architecture and scale it is
+for.  Loading checks both, so a x3 file can never silently drive a x2 job.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+FORMAT_VERSION = 1
+SCALES = (2, 3, 4)
+
+
+class WeightsError(ValueError):
+    """A weights file that does not fit the requested model."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """FSRCNN hyper-parameters. ``(56, 12, 4)`` is FSRCNN, ``(32, 5, 1)`` FSRCNN-s."""
+
+    scale: int = 2
+    d: int = 56
+    s: int = 12
+    m: int = 4
+
+    def __post_init__(self) -> None:
+        if self.scale not in SCALES:
+            raise ValueError(f"scale must be one of {SCALES}, got {self.scale}")
+        for name in ("d", "s", "m"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+
+    @property
+    def arch(self) -> str:
+        return f"fsrcnn({self.d},{self.s},{self.m})"
+
+    @property
+    def halo(self) -> int:
+        """LR pixels of context an output pixel depends on, on each side.
+
+        Conv5 reaches 2, each of the m Conv3 layers 1, and the 9x9 transposed
+        conv at stride ``scale`` at most 2 LR pixels (ceil(4 / scale) <= 2).
+        A tile that carries this much halo gives exactly the whole-image result.
+        """
+        deconv = max(math.floor(4 / self.scale), math.floor((self.scale + 3) / self.scale))
+        return 2 + self.m + deconv
+
+
+FSRCNN_SPEC = dict(d=56, s=12, m=4)
+FSRCNN_S_SPEC = dict(d=32, s=5, m=1)
+
+
+class FSRCNN(nn.Module):
+    """Conv5(d) -> Conv1(s) -> m x Conv3(s) -> Conv1(d) -> Deconv9(stride=scale).
+
+    Input and output are single-channel (Y) tensors in [0, 1], NCHW.
+    """
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        d, s, m = spec.d, spec.s, spec.m
+        self.feature = nn.Sequential(nn.Conv2d(1, d, 5, padding=2), nn.PReLU(d))
+        self.shrink = nn.Sequential(nn.Conv2d(d, s, 1), nn.PReLU(s))
+        self.mapping = nn.Sequential(
+            *[layer for _ in range(m) for layer in (nn.Conv2d(s, s, 3, padding=1), nn.PReLU(s))]
+        )
+        self.expand = nn.Sequential(nn.Conv2d(s, d, 1), nn.PReLU(d))
+        self.deconv = nn.ConvTranspose2d(
+            d, 1, 9, stride=spec.scale, padding=4, output_padding=spec.scale - 1
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # He init for the convolutions, a small Gaussian for the deconvolution (paper, sec. 4.1).
+        for mod in self.modules():
+            if isinstance(mod, nn.Conv2d):
+                nn.init.kaiming_normal_(mod.weight, a=0.25, nonlinearity="leaky_relu")
+                nn.init.zeros_(mod.bias)
+        nn.init.normal_(self.deconv.weight, std=0.001)
+        nn.init.zeros_(self.deconv.bias)
+
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        return self.expand(self.mapping(self.shrink(self.feature(x))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.deconv(self.body(x))
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """``auto`` uses CUDA when present, else CPU; ``cpu``/``cuda`` force one."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was requested but CUDA is not available")
+    return torch.device(device)
+
+
+def metadata_path(weights: Path) -> Path:
+    return Path(weights).with_suffix(".json")
+
+
+@dataclass
+class ModelMeta:
+    """What a weights file is: checked on load, written on save."""
+
+    arch: str
+    d: int
+    s: int
+    m: int
+    scale: int
+    training_data: list[str] = field(default_factory=list)
+    validation: dict[str, Any] = field(default_factory=dict)
+    recipe: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def spec(self) -> ModelSpec:
+        return ModelSpec(scale=self.scale, d=self.d, s=self.s, m=self.m)
+
+    @classmethod
+    def for_spec(cls, spec: ModelSpec, **extra: Any) -> "ModelMeta":
+        return cls(arch="fsrcnn", d=spec.d, s=spec.s, m=spec.m, scale=spec.scale, **extra)
+
+
+def save_model(model: FSRCNN, weights: Path, meta: ModelMeta) -> None:
+    """Write ``<name>.pt`` (state_dict only, no pickled module) and ``<name>.json``."""
+    weights = Path(weights)
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = weights.with_suffix(".pt.tmp")
+    torch.save(state, tmp)
+    tmp.replace(weights)
+    metadata_path(weights).write_text(json.dumps(asdict(meta), indent=2, sort_keys=True) + "\n")
+
+
+def read_meta(weights: Path) -> ModelMeta:
+    path = metadata_path(weights)
+    if not path.exists():
+        raise WeightsError(f"{weights}: metadata file {path.name} is missing")
+    try:
+        raw = json.loads(path.read_text())
+        meta = ModelMeta(**raw)
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise WeightsError(f"{path}: unreadable model metadata ({exc})") from exc
+    if meta.arch != "fsrcnn":
+        raise WeightsError(f"{weights}: architecture {meta.arch!r} is not fsrcnn")
+    return meta
+
+
+def load_model(
+    weights: Path,
+    scale: int | None = None,
+    spec: ModelSpec | None = None,
+    device: str | torch.device = "cpu",
+) -> FSRCNN:
+    """Load weights, refusing any whose architecture or scale differs from the request."""
+    weights = Path(weights)
+    if not weights.exists():
+        raise WeightsError(f"weights file {weights} does not exist")
+    meta = read_meta(weights)
+    if scale is not None and meta.scale != scale:
+        raise WeightsError(
+            f"{weights.name} is a x{meta.scale} model but x{scale} was requested"
+        )
+    if spec is not None and (meta.d, meta.s, meta.m, meta.scale) != (
+        spec.d, spec.s, spec.m, spec.scale,
+    ):
+        raise WeightsError(
+            f"{weights.name} holds {meta.spec.arch} x{meta.scale}, "
+            f"but {spec.arch} x{spec.scale} was requested"
+        )
+    model = FSRCNN(meta.spec)
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise WeightsError(
+            f"{weights.name}: tensors do not match {meta.spec.arch} x{meta.scale}: "
+            f"{str(exc).splitlines()[0]}"
+        ) from exc
+    dev = device if isinstance(device, torch.device) else pick_device(device)
+    return model.to(dev).eval()
+
+
+def models_dir() -> Path:
+    """``include/models`` of the project (where the shipped weights live)."""
+    return Path(__file__).resolve().parent.parent / "include" / "models"
+
+
+def default_weights(scale: int) -> Path:
+    return models_dir() / f"fsrcnn_x{scale}.pt"
