@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "SUPERRES_"
@@ -49,6 +50,9 @@ class Settings:
     fetch_concurrency: int = 4
     min_success_ratio: float = 0.5  # below this the fetch task fails the run
     max_pixels: int = 40_000_000  # decompression-bomb limit
+    # Hosts (comma-separated, "*.example.com" allowed) that photo requests may be redirected to,
+    # besides picsum_url's own host: Picsum redirects every image to its CDN.
+    picsum_allowed_hosts: str = "fastly.picsum.photos"
 
     # The run.
     num_images: int = 8
@@ -83,7 +87,7 @@ class Settings:
             object.__setattr__(self, "callback_secret", Secret(self.callback_secret))
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
         for f in fields(cls):
@@ -95,7 +99,7 @@ class Settings:
             values["picsum_url"] = env["PICSUM_URL"]
         return cls(**values)
 
-    def override(self, params: Mapping[str, Any] | None) -> "Settings":
+    def override(self, params: Mapping[str, Any] | None) -> Settings:
         """A copy with the known, non-None keys of ``params`` (e.g. DAG params) applied."""
         if not params:
             return self

@@ -9,9 +9,9 @@ what every tile does, so tiled and whole-image results agree.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -19,6 +19,8 @@ import torch
 from superres import colour, tiling
 from superres.model import FSRCNN, default_weights, load_model, pick_device
 from superres.resize import resize_plane
+
+UNIT = np.float32(255.0)  # Y on 0..255 <-> the network's [0, 1]
 
 
 def configure_threads(threads: int | None = None) -> int:
@@ -39,7 +41,7 @@ class Upscaler:
     def load(
         cls, scale: int, weights: str | Path | None = None, device: str = "auto",
         batch_size: int = 16,
-    ) -> "Upscaler":
+    ) -> Upscaler:
         path = Path(weights) if weights else default_weights(scale)
         return cls(load_model(path, scale=scale, device=pick_device(device)), batch_size)
 
@@ -56,17 +58,26 @@ class Upscaler:
         return next(self.model.parameters()).device
 
     @torch.inference_mode()
-    def forward_batch(self, windows: np.ndarray) -> np.ndarray:
-        """N x h x w float32 Y windows (0..255) -> N x (h*s) x (w*s) float32 (0..255)."""
-        x = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32)).to(self.device)
-        y = self.model((x / 255.0).unsqueeze(1)).squeeze(1) * 255.0
-        return y.cpu().numpy()
+    def forward_unit(self, windows: np.ndarray) -> np.ndarray:
+        """N x h x w float32 Y windows in [0, 1] -> N x (h*s) x (w*s) float32, same units.
 
-    def run_windows(self, windows: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Forward same-shaped windows in batches of ``batch_size``."""
+        This is the network's own domain; the Spark tiles are stored in it.
+        """
+        x = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32)).to(self.device)
+        return self.model(x.unsqueeze(1)).squeeze(1).cpu().numpy()
+
+    def run_windows(self, windows: Sequence[np.ndarray], unit: bool = False) -> list[np.ndarray]:
+        """Forward same-shaped windows in batches of ``batch_size``.
+
+        Windows are on the 0..255 scale unless ``unit``; results come back in the same units.
+        """
         out: list[np.ndarray] = []
         for i in range(0, len(windows), self.batch_size):
-            out.extend(self.forward_batch(np.stack(windows[i : i + self.batch_size])))
+            batch = np.stack(windows[i : i + self.batch_size]).astype(np.float32, copy=False)
+            if unit:
+                out.extend(self.forward_unit(batch))
+            else:
+                out.extend(self.forward_unit(batch / UNIT) * UNIT)
         return out
 
     def sr_plane(self, plane: np.ndarray, tile: int | None = None) -> np.ndarray:
@@ -76,7 +87,7 @@ class Upscaler:
             tile = max(h, w)
         _, tiles = tiling.split(plane, "plane", tile, self.halo)
         srs = self.run_windows([t.pixels for t in tiles])
-        cores = [(t.y, t.x, tiling.crop_core(t, sr, self.scale)) for t, sr in zip(tiles, srs)]
+        cores = [(t.y, t.x, tiling.crop_core(t, sr, self.scale)) for t, sr in zip(tiles, srs, strict=True)]
         return tiling.stitch(cores, h, w, self.scale)
 
     def upscale_rgb(self, rgb: np.ndarray, tile: int | None = None) -> np.ndarray:

@@ -7,7 +7,7 @@ multiple of the scale, antialiased bicubic down, round to 8 bits), and
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 

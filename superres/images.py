@@ -83,6 +83,7 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
     """Decode image bytes into uint8 pixels, applying EXIF orientation."""
     if not data:
         raise ImageError("empty", "empty body: 0 bytes")
+    fmt = "image"  # Image.open itself can fail (truncated header) before the format is known
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

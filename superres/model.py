@@ -129,7 +129,7 @@ class ModelMeta:
         return ModelSpec(scale=self.scale, d=self.d, s=self.s, m=self.m)
 
     @classmethod
-    def for_spec(cls, spec: ModelSpec, **extra: Any) -> "ModelMeta":
+    def for_spec(cls, spec: ModelSpec, **extra: Any) -> ModelMeta:
         return cls(arch="fsrcnn", d=spec.d, s=spec.s, m=spec.m, scale=spec.scale, **extra)
 
 
@@ -193,10 +193,23 @@ def load_model(
     return model.to(dev).eval()
 
 
+def model_from_bytes(state_bytes: bytes, meta: ModelMeta, device: str | torch.device = "cpu") -> FSRCNN:
+    """Rebuild a model from raw ``state_dict`` bytes (what Spark broadcasts to workers)."""
+    import io
+
+    model = FSRCNN(meta.spec)
+    model.load_state_dict(torch.load(io.BytesIO(state_bytes), map_location="cpu", weights_only=True))
+    dev = device if isinstance(device, torch.device) else pick_device(device)
+    return model.to(dev).eval()
+
+
 def models_dir() -> Path:
-    """``include/models`` of the project (where the shipped weights live)."""
-    return Path(__file__).resolve().parent.parent / "include" / "models"
+    """Where the weights live: ``SUPERRES_MODELS_DIR`` or the project's ``include/models``."""
+    import os
+
+    env = os.environ.get("SUPERRES_MODELS_DIR")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "include" / "models"
 
 
-def default_weights(scale: int) -> Path:
-    return models_dir() / f"fsrcnn_x{scale}.pt"
+def default_weights(scale: int, directory: str | Path | None = None) -> Path:
+    return Path(directory or models_dir()) / f"fsrcnn_x{scale}.pt"

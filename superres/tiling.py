@@ -15,8 +15,9 @@ A :class:`Tile` turns into a flat record of plain ints and bytes
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -103,7 +104,7 @@ class Tile:
         }
 
     @classmethod
-    def from_record(cls, rec: dict[str, Any]) -> "Tile":
+    def from_record(cls, rec: dict[str, Any]) -> Tile:
         pixels = decode_pixels(rec["pixels"], rec["tile_h"], rec["tile_w"])
         return cls(
             image_id=rec["image_id"],

@@ -14,9 +14,9 @@ import json
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from superres import colour, images
 from superres.engine import Upscaler, configure_threads
 from superres.evaluate import evaluate_pairs, protocol_pair
 from superres.model import FSRCNN, ModelMeta, ModelSpec, pick_device, read_meta, save_model
-from superres.resize import downscale, resize
+from superres.resize import resize
 
 
 @dataclass
@@ -59,7 +59,9 @@ def _y_plane(rgb: np.ndarray) -> np.ndarray:
     return colour.rgb_to_y(rgb)
 
 
-def build_pairs(paths: list[Path], scale: int, downscales: tuple[float, ...]) -> list[tuple[np.ndarray, np.ndarray]]:
+def build_pairs(
+    paths: list[Path], scale: int, downscales: tuple[float, ...]
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """(LR Y, HR Y) planes on 0..255 for each image and each downscaled copy."""
     pairs = []
     for path in paths:
@@ -130,6 +132,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     out = Path(cfg.out).with_suffix(".pt")
     ckpt_path = Path(cfg.workdir) / f"{out.stem}.ckpt"
     ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     log_path = out.with_suffix(".train.jsonl")
     threads = configure_threads(cfg.threads)
     device = pick_device(cfg.device)

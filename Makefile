@@ -1,0 +1,44 @@
+# superres-pipeline: the two commands a new user needs are `make run` and `make test`.
+# Both create .venv when missing and install what is needed; both are idempotent.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+SCALE  ?= 2
+SAMPLE := $(VENV)/lib/python3.11/site-packages/skimage/data/astronaut.png
+
+.PHONY: help setup system-deps run test lint
+
+help:
+	@echo "make run    run the main job on the embedded defaults"
+	@echo "make test   lint and run the test suite"
+
+$(PY):
+	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; assert v == (3, 11), f"Python 3.11 is required, found {v[0]}.{v[1]}"'
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall only when the requirements or the package metadata change.
+# torch is installed first and pinned exactly, so nothing can pull the CUDA build.
+$(STAMP): requirements.txt pyproject.toml | $(PY)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	@touch $@
+
+system-deps:
+	@scripts/system_deps.sh $(if $(WITH_BROWSER),--with-browser,)
+
+setup: $(STAMP) system-deps
+
+run: setup
+	$(PY) -m superres upscale $(SAMPLE) --scale $(SCALE) --out data/run
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+test: WITH_BROWSER=1
+test: setup lint
+	$(PY) -m pytest

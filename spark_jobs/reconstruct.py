@@ -1,0 +1,61 @@
+"""Spark job *reconstruct*: SR tiles + images -> stitched, colour PNGs in ``sr/ds=…/``.
+
+    spark-submit spark_jobs/reconstruct.py --ds 2026-01-05 --scale 2
+
+Executors group each image's SR tiles, stitch them, add bicubic chroma (and
+alpha), clamp and encode PNG.  The driver streams the PNGs back and publishes
+the date's ``sr/`` partition in one replace (success marker written last), so a
+rerun replaces the partition and readers never see half of it.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import pandas as pd
+
+from superres import tiling
+from superres.pipeline import layout
+from superres.pipeline.reconstruct import OUTPUT_SCHEMA, reconstruct_image
+from superres.pipeline.spark import job_parser, parse, session, stage_summary
+from superres.storage import open_storage
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse(job_parser(__doc__), argv)
+    storage = open_storage(args.storage_uri)
+    scale = args.scale
+    spark = session(f"superres-reconstruct-{args.ds}")
+    try:
+        with stage_summary(storage, args.ds, "reconstruct", {"scale": scale}) as summary:
+            sr = spark.read.parquet(layout.staging_path(args.staging_uri, "sr_tiles", args.ds))
+            imgs = spark.read.parquet(layout.staging_path(args.staging_uri, "images", args.ds)) \
+                .filter("status = 'ok'")
+
+            def stitch_group(tiles: pd.DataFrame, image: pd.DataFrame) -> pd.DataFrame:
+                if image.empty:
+                    raise ValueError(f"SR tiles for unknown image {tiles['image_id'].iloc[0]!r}")
+                row = image.iloc[0].to_dict()
+                cores = [(int(t.y), int(t.x), tiling.decode_pixels(t.pixels, int(t.sr_h), int(t.sr_w)))
+                         for t in tiles.itertuples()]
+                return pd.DataFrame([reconstruct_image(row, cores, scale)])
+
+            out = sr.groupBy("image_id").cogroup(imgs.groupBy("image_id")) \
+                .applyInPandas(stitch_group, OUTPUT_SCHEMA)
+            files = {}
+            for r in out.toLocalIterator():
+                files[f"{r['image_id']}.png"] = bytes(r["png"])
+            expected = {r["image_id"] for r in imgs.select("image_id").collect()}
+            missing = sorted(expected - {k[:-4] for k in files})
+            if missing:
+                raise RuntimeError(f"no SR output for images {missing}: their tiles are missing")
+            storage.replace_partition(layout.sr_prefix(args.ds), files)
+            summary.update(images=len(files), location=storage.uri(layout.sr_prefix(args.ds)))
+    finally:
+        spark.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Spark job *split*: raw photos of one date -> images + halo tiles Parquet (staging).
+
+    spark-submit spark_jobs/split.py --ds 2026-01-05 [--mode evaluate] [--scale 2] [--tile-size 128]
+
+The driver reads the date's manifest and photo bytes from storage (local or S3,
+through Python: the JVM has no s3a here) and hands them to the executors as
+rows, so executors need no storage credentials and no driver-local files.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator, Sequence
+
+import pyarrow as pa
+
+from superres.model import ModelSpec
+from superres.pipeline import layout
+from superres.pipeline.spark import job_parser, parse, session, spark_schema, stage_summary
+from superres.pipeline.split import IMAGE_SCHEMA, TILE_SCHEMA, cut_tiles, split_images
+from superres.storage import open_storage
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse(job_parser(__doc__), argv)
+    storage = open_storage(args.storage_uri)
+    manifest = storage.read_json(layout.manifest_key(args.ds))
+    halo = ModelSpec(scale=args.scale).halo
+    spark = session(f"superres-split-{args.ds}")
+    try:
+        with stage_summary(storage, args.ds, "split", {"mode": args.mode, "scale": args.scale,
+                                                        "tile_size": args.tile_size}) as summary:
+            rows = [(img["image_id"], storage.read_bytes(img["key"])) for img in manifest["images"]]
+            parts = args.partitions or spark.sparkContext.defaultParallelism
+            raw = spark.createDataFrame(rows, "image_id string, data binary").repartition(
+                max(1, min(parts, len(rows))))
+            opts = dict(mode=args.mode, scale=args.scale, tile=args.tile_size, halo=halo,
+                        max_pixels=args.max_pixels)
+
+            def to_images(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+                return split_images(batches, **opts)
+
+            imgs = raw.mapInArrow(to_images, spark_schema(IMAGE_SCHEMA)).cache()
+            imgs.write.mode("overwrite").parquet(layout.staging_path(args.staging_uri, "images", args.ds))
+            tiles = imgs.filter("status = 'ok'").mapInArrow(cut_tiles, spark_schema(TILE_SCHEMA))
+            tiles.write.mode("overwrite").parquet(layout.staging_path(args.staging_uri, "tiles", args.ds))
+            counts = {r["status"]: r["n"] for r in imgs.groupBy("status").count()
+                      .withColumnRenamed("count", "n").collect()}
+            summary.update(images=len(rows), ok=counts.get("ok", 0),
+                           quarantined=counts.get("quarantined", 0),
+                           tiles=int(imgs.filter("status = 'ok'").agg({"tiles": "sum"}).first()[0] or 0))
+    finally:
+        spark.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

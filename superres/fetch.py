@@ -1,0 +1,523 @@
+"""Fetch the run date's photos from a Picsum-compatible source into the raw partition.
+
+The choice of photos is a pure function of the date (same ``ds``, same ids,
+whatever the run or machine), so reruns and backfills reproduce a day exactly.
+Every body is validated with :func:`superres.images.decode` *before* it is
+stored: good photos land in ``raw/ds=…/<image_id>.<ext>``; anything else goes
+to ``quarantine/ds=…/<image_id>.bin`` with a record saying why.  Nothing is
+dropped silently: ``requested == len(images) + len(quarantined)``.
+
+Network hygiene: connect/read timeouts, bounded retries with exponential
+backoff (``Retry-After`` honoured, capped), a concurrency limit, a body-size
+cap, and redirects followed only to the source's own host or an allow-listed
+CDN host (``Settings.picsum_allowed_hosts``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import hashlib
+import json
+import logging
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote, urljoin, urlsplit, urlunsplit
+
+import requests
+
+from superres import __version__, images
+from superres.config import Settings
+from superres.storage import Storage
+
+log = logging.getLogger(__name__)
+
+LIST_PAGE_LIMIT = 100  # photos per /v2/list page (Picsum's maximum)
+MAX_LIST_PAGES = 50  # bound on listing: 5,000 photos is far more than Picsum has
+MAX_REDIRECTS = 5
+MAX_BACKOFF_S = 30.0
+MAX_RETRY_AFTER_S = 60.0  # a server asking for longer than this gets this
+MAX_BODY_BYTES = 64 * 1024 * 1024
+MIN_SIDE = 16  # smaller photos are useless for super-resolution
+RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_DS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif", "PPM": "ppm"}
+USER_AGENT = f"superres-pipeline/{__version__} (+fetch)"
+
+
+class FetchError(RuntimeError):
+    """The fetch as a whole failed; ``manifest`` is set when one was written first."""
+
+    def __init__(self, message: str, manifest: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.manifest = manifest
+
+
+class RequestFailed(Exception):
+    """One request failed for good; ``reason`` is a stable code for quarantine records."""
+
+    def __init__(self, reason: str, message: str, body: bytes = b"", retryable: bool = False,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.body = body
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Listed:
+    """One photo as the source lists it."""
+
+    picsum_id: str
+    author: str
+    width: int
+    height: int
+    page_url: str
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: requests.structures.CaseInsensitiveDict
+    body: bytes
+    url: str  # after redirects
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def validate_ds(ds: str) -> str:
+    """``YYYY-MM-DD`` or ValueError: ``ds`` becomes part of storage keys."""
+    if not isinstance(ds, str) or not _DS_RE.match(ds):
+        raise ValueError(f"ds must be YYYY-MM-DD, got {ds!r}")
+    dt.date.fromisoformat(ds)
+    return ds
+
+
+def redact_url(url: str) -> str:
+    """The URL without any ``user:password@`` part, for manifests and messages."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def parse_allowed_hosts(raw: str) -> frozenset[str]:
+    return frozenset(h.strip().lower().rstrip(".") for h in raw.split(",") if h.strip())
+
+
+def host_allowed(url: str, base_url: str, allowed: frozenset[str]) -> bool:
+    """May a request (or redirect) go to ``url``?  The base's host or an allow-listed one.
+
+    ``*.example.com`` in the allow-list matches sub-domains.  A redirect may not
+    downgrade an https source to http.
+    """
+    target, base = urlsplit(url), urlsplit(base_url)
+    if target.scheme not in ("http", "https") or not target.hostname:
+        return False
+    if base.scheme == "https" and target.scheme != "https":
+        return False
+    host = target.hostname.lower().rstrip(".")
+    if host == (base.hostname or "").lower() and target.port == base.port:
+        return True
+    for pattern in allowed:
+        if pattern.startswith("*.") and host.endswith(pattern[1:]):
+            return True
+        if host == pattern:
+            return True
+    return False
+
+
+def id_sort_key(picsum_id: str) -> tuple[int, int, str]:
+    """Numeric ids numerically (2 before 10), then any others as text."""
+    return (0, int(picsum_id), "") if picsum_id.isdigit() else (1, 0, picsum_id)
+
+
+def date_seed(ds: str) -> int:
+    return int.from_bytes(hashlib.sha256(ds.encode("utf-8")).digest()[:8], "big")
+
+
+def select(photos: list[Listed], ds: str, n: int) -> list[Listed]:
+    """The date's photos: ``n`` (or all, if fewer) drawn by a RNG seeded from sha256(ds)."""
+    ordered = sorted(photos, key=lambda p: id_sort_key(p.picsum_id))
+    chosen = random.Random(date_seed(ds)).sample(ordered, min(n, len(ordered)))
+    return sorted(chosen, key=lambda p: id_sort_key(p.picsum_id))
+
+
+def parse_listing(payload: Any, where: str) -> list[Listed]:
+    """Validate one /v2/list page; anything unexpected is a clear FetchError."""
+    if not isinstance(payload, list):
+        raise FetchError(f"malformed /v2/list response from {where}: expected a JSON list, "
+                         f"got {type(payload).__name__}")
+    out = []
+    for i, item in enumerate(payload):
+        if not isinstance(item, dict):
+            raise FetchError(f"malformed /v2/list response from {where}: item {i} is not an object")
+        pid = item.get("id")
+        if isinstance(pid, int) and not isinstance(pid, bool):
+            pid = str(pid)
+        if not isinstance(pid, str) or not _ID_RE.match(pid):
+            raise FetchError(f"malformed /v2/list response from {where}: item {i} has invalid id {pid!r}")
+        width, height, author = item.get("width"), item.get("height"), item.get("author")
+        for name, value in (("width", width), ("height", height)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise FetchError(f"malformed /v2/list response from {where}: "
+                                 f"item {i} (id {pid}) has invalid {name} {value!r}")
+        if not isinstance(author, str):
+            raise FetchError(f"malformed /v2/list response from {where}: item {i} (id {pid}) has no author")
+        page_url = item.get("url")
+        out.append(Listed(pid, author, width, height, page_url if isinstance(page_url, str) else ""))
+    return out
+
+
+def backoff_delay(attempt: int, base_s: float, retry_after: float | None, rng: random.Random) -> float:
+    """Seconds to wait before retry ``attempt`` (0-based): Retry-After if given, else jittered 2^n."""
+    if retry_after is not None:
+        return max(0.0, min(retry_after, MAX_RETRY_AFTER_S))
+    delay = min(MAX_BACKOFF_S, base_s * (2 ** attempt))
+    return delay * rng.uniform(0.5, 1.0)
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Retry-After as seconds: delta-seconds or an HTTP-date; None if absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+class Client:
+    """HTTP GETs with timeouts, bounded retries, a body cap and a redirect allow-list.
+
+    One ``requests.Session`` per worker thread (sessions are not thread-safe).
+    """
+
+    def __init__(self, settings: Settings, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.base_url = settings.picsum_url.rstrip("/")
+        if urlsplit(self.base_url).scheme not in ("http", "https") or not urlsplit(self.base_url).hostname:
+            raise ValueError(f"picsum_url must be an http(s) URL, got {redact_url(self.base_url)!r}")
+        self.timeout = (settings.fetch_timeout_s, settings.fetch_timeout_s)
+        self.retries = max(0, settings.fetch_retries)
+        self.backoff_s = max(0.0, settings.fetch_backoff_s)
+        self.allowed = parse_allowed_hosts(settings.picsum_allowed_hosts)
+        self.sleep = sleep
+        self._rng = random.Random()
+        self._local = threading.local()
+        self._sessions: list[requests.Session] = []
+        self._lock = threading.Lock()
+
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.headers["User-Agent"] = USER_AGENT
+            self._local.session = session
+            with self._lock:
+                self._sessions.append(session)
+        return session
+
+    def close(self) -> None:
+        with self._lock:
+            for session in self._sessions:
+                session.close()
+            self._sessions.clear()
+
+    def get(self, url: str) -> Reply:
+        """GET with retries; raises RequestFailed with a reason code when it finally fails."""
+        attempt = 0
+        while True:
+            try:
+                return self._get_once(url)
+            except RequestFailed as exc:
+                if not exc.retryable or attempt >= self.retries:
+                    if exc.retryable and self.retries:
+                        exc.args = (f"{exc} (gave up after {attempt + 1} attempts)",)
+                    raise
+                delay = backoff_delay(attempt, self.backoff_s, exc.retry_after, self._rng)
+                log.info("retrying %s in %.1fs after %s (attempt %d of %d)", redact_url(url), delay,
+                         exc.reason, attempt + 1, self.retries + 1)
+                self.sleep(delay)
+                attempt += 1
+
+    def _get_once(self, url: str) -> Reply:
+        current = url
+        for _ in range(MAX_REDIRECTS + 1):
+            if not host_allowed(current, self.base_url, self.allowed):
+                raise RequestFailed("redirect_refused",
+                                    f"refusing to fetch {redact_url(current)}: host is neither the source "
+                                    f"({urlsplit(self.base_url).hostname}) nor in picsum_allowed_hosts")
+            try:
+                resp = self._session().get(current, timeout=self.timeout, allow_redirects=False, stream=True)
+            except requests.exceptions.Timeout as exc:
+                raise RequestFailed("timeout", f"timed out: {redact_url(current)}: {exc}",
+                                    retryable=True) from exc
+            except requests.exceptions.RequestException as exc:
+                raise RequestFailed("connection_error", f"cannot connect to {redact_url(current)}: {exc}",
+                                    retryable=True) from exc
+            with resp:
+                if resp.is_redirect:
+                    current = urljoin(current, resp.headers["Location"])
+                    continue
+                body = self._read_body(resp, current)
+                if resp.status_code != 200:
+                    raise RequestFailed(
+                        f"http_{resp.status_code}", f"HTTP {resp.status_code} from {redact_url(current)}",
+                        body=body, retryable=resp.status_code in RETRY_STATUSES,
+                        retry_after=parse_retry_after(resp.headers.get("Retry-After")),
+                    )
+                return Reply(resp.status_code, resp.headers, body, current)
+        raise RequestFailed("too_many_redirects",
+                            f"more than {MAX_REDIRECTS} redirects from {redact_url(url)}")
+
+    @staticmethod
+    def _read_body(resp: requests.Response, url: str) -> bytes:
+        declared = resp.headers.get("Content-Length")
+        expected = int(declared) if declared and declared.isdigit() else None
+        if expected is not None and expected > MAX_BODY_BYTES:
+            raise RequestFailed("too_large", f"{redact_url(url)} declares {expected} bytes "
+                                f"(limit {MAX_BODY_BYTES})")
+        chunks, size = [], 0
+        try:
+            for chunk in resp.iter_content(chunk_size=65536):
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    raise RequestFailed("too_large",
+                                        f"{redact_url(url)} sent more than {MAX_BODY_BYTES} bytes")
+                chunks.append(chunk)
+        except requests.exceptions.ChunkedEncodingError as exc:
+            raise RequestFailed("truncated", f"{redact_url(url)}: body ended early: {exc}",
+                                body=b"".join(chunks), retryable=True) from exc
+        except requests.exceptions.RequestException as exc:
+            raise RequestFailed("connection_error", f"{redact_url(url)}: reading the body failed: {exc}",
+                                body=b"".join(chunks), retryable=True) from exc
+        body = b"".join(chunks)
+        if expected is not None and not resp.headers.get("Content-Encoding") and len(body) < expected:
+            raise RequestFailed("truncated", f"{redact_url(url)}: got {len(body)} of {expected} bytes",
+                                body=body, retryable=True)
+        return body
+
+
+@contextmanager
+def client(settings: Settings, sleep: Callable[[float], None] = time.sleep) -> Iterator[Client]:
+    c = Client(settings, sleep)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+# --------------------------------------------------------------------------- listing and download
+
+
+def list_photos(http: Client, max_pages: int = MAX_LIST_PAGES, limit: int = LIST_PAGE_LIMIT) -> list[Listed]:
+    """Every photo the source lists, by id; stops at an empty/short page or ``max_pages``."""
+    seen: dict[str, Listed] = {}
+    for page in range(1, max_pages + 1):
+        url = f"{http.base_url}/v2/list?page={page}&limit={limit}"
+        try:
+            reply = http.get(url)
+        except RequestFailed as exc:
+            raise FetchError(f"cannot list photos at {redact_url(url)}: {exc.reason}: {exc}") from exc
+        try:
+            payload = json.loads(reply.body)
+        except ValueError as exc:
+            raise FetchError(f"malformed /v2/list response from {redact_url(url)}: not JSON "
+                             f"({reply.headers.get('Content-Type', 'no content-type')})") from exc
+        items = parse_listing(payload, redact_url(url))
+        new = [item for item in items if item.picsum_id not in seen]
+        seen.update((item.picsum_id, item) for item in new)
+        if not new or len(items) < limit:  # last page (or a server ignoring ?page)
+            break
+    else:
+        log.warning("photo listing stopped at %d pages (%d photos)", max_pages, len(seen))
+    if not seen:
+        raise FetchError(f"the source {redact_url(http.base_url)} lists no photos")
+    return sorted(seen.values(), key=lambda p: id_sort_key(p.picsum_id))
+
+
+@dataclass
+class Outcome:
+    """One selected photo: either an image record (with body) or a quarantine record."""
+
+    image: dict[str, Any] | None = None
+    quarantine: dict[str, Any] | None = None
+    body: bytes = field(default=b"", repr=False)
+
+
+def _quarantine(photo: Listed, url: str, reason: str, message: str, body: bytes,
+                status: int | None = None) -> Outcome:
+    record = {
+        "image_id": photo.picsum_id,
+        "picsum_id": photo.picsum_id,
+        "author": photo.author,
+        "source": redact_url(url),
+        "reason": reason,
+        "message": message,
+        "http_status": status,
+        "bytes": len(body),
+        "sha256": hashlib.sha256(body).hexdigest(),
+    }
+    log.warning("quarantined photo %s: %s: %s", photo.picsum_id, reason, message)
+    return Outcome(quarantine=record, body=body)
+
+
+def check_body(photo: Listed, reply: Reply, max_pixels: int) -> images.Decoded:
+    """Decode and sanity-check one response body; ImageError says why it is unusable."""
+    ctype = (reply.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+    try:
+        dec = images.decode(reply.body, max_pixels=max_pixels)
+    except images.ImageError as exc:
+        raise images.ImageError(exc.reason, f"{exc} (Content-Type {ctype or 'missing'})") from exc
+    if not ctype:
+        raise images.ImageError("missing_content_type", f"{dec.format} body without a Content-Type")
+    if not ctype.startswith("image/"):
+        raise images.ImageError("bad_content_type", f"{dec.format} body served as {ctype!r}")
+    if min(dec.width, dec.height) < MIN_SIDE:
+        raise images.ImageError("too_small", f"{dec.width}x{dec.height} is smaller than {MIN_SIDE} px a side")
+    served = reply.headers.get("Picsum-ID")
+    if served is not None and served.strip() != photo.picsum_id:
+        raise images.ImageError("wrong_photo", f"asked for photo {photo.picsum_id}, got Picsum-ID {served!r}")
+    return dec
+
+
+def fetch_one(http: Client, settings: Settings, ds: str, photo: Listed) -> Outcome:
+    """Download and validate one photo; never raises for a bad photo (it is quarantined)."""
+    size = f"{settings.image_width}/{settings.image_height}"
+    url = f"{http.base_url}/id/{quote(photo.picsum_id, safe='')}/{size}"
+    try:
+        reply = http.get(url)
+    except RequestFailed as exc:
+        status = int(exc.reason[5:]) if exc.reason.startswith("http_") else None
+        return _quarantine(photo, url, exc.reason, str(exc), exc.body, status)
+    try:
+        dec = check_body(photo, reply, settings.max_pixels)
+    except images.ImageError as exc:
+        return _quarantine(photo, reply.url, exc.reason, str(exc), reply.body, reply.status)
+    except Exception as exc:  # a decoder bug on hostile bytes: keep the evidence, fetch the rest
+        log.exception("unexpected error decoding photo %s", photo.picsum_id)
+        return _quarantine(photo, reply.url, "decode_error", f"{type(exc).__name__}: {exc}",
+                           reply.body, reply.status)
+    ext = _EXT.get(dec.format, "img")
+    record = {
+        "image_id": photo.picsum_id,
+        "picsum_id": photo.picsum_id,
+        "author": photo.author,
+        "page_url": photo.page_url,
+        "source_url": redact_url(url),
+        "sha256": hashlib.sha256(reply.body).hexdigest(),
+        "bytes": len(reply.body),
+        "width": dec.width,
+        "height": dec.height,
+        "format": dec.format,
+        "mode": dec.source_mode,
+        "key": f"{raw_prefix(ds)}{photo.picsum_id}.{ext}",
+    }
+    return Outcome(image=record, body=reply.body)
+
+
+# --------------------------------------------------------------------------- the task
+
+
+def raw_prefix(ds: str) -> str:
+    return f"raw/ds={ds}/"
+
+
+def quarantine_prefix(ds: str) -> str:
+    return f"quarantine/ds={ds}/"
+
+
+def report_key(ds: str) -> str:
+    return f"reports/ds={ds}/quarantine.json"
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def fetch_partition(settings: Settings, ds: str, storage: Storage,
+                    sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+    """Fetch the date's photos into ``raw/ds=…`` (replacing any earlier run) and return the manifest.
+
+    Raises FetchError after writing the manifest and quarantine records when
+    fewer than ``min_success_ratio`` of the requested photos are usable.
+    """
+    validate_ds(ds)
+    with client(settings, sleep) as http:
+        listed = list_photos(http)
+        chosen = select(listed, ds, settings.num_images)
+        if len(chosen) < settings.num_images:
+            log.warning("the source lists only %d photos; fetching all of them instead of %d",
+                        len(chosen), settings.num_images)
+        log.info("fetching %d photos for ds=%s from %s: ids %s", len(chosen), ds,
+                 redact_url(http.base_url), [p.picsum_id for p in chosen])
+        with ThreadPoolExecutor(max_workers=max(1, settings.fetch_concurrency),
+                                thread_name_prefix="fetch") as pool:
+            outcomes = list(pool.map(lambda p: fetch_one(http, settings, ds, p), chosen))
+
+    good = [o for o in outcomes if o.image is not None]
+    bad = [o for o in outcomes if o.quarantine is not None]
+    for o in bad:
+        assert o.quarantine is not None
+        o.quarantine["key"] = f"{quarantine_prefix(ds)}{o.quarantine['image_id']}.bin" if o.body else None
+    quarantined = [o.quarantine for o in bad]
+    requested = len(chosen)
+    ratio = len(good) / requested if requested else 0.0
+    manifest: dict[str, Any] = {
+        "ds": ds,
+        "source": redact_url(http.base_url),
+        "size": {"width": settings.image_width, "height": settings.image_height},
+        "wanted": settings.num_images,
+        "available": len(listed),
+        "requested": requested,
+        "selected": [p.picsum_id for p in chosen],
+        "images": [o.image for o in good],
+        "quarantined": quarantined,
+        "success_ratio": round(ratio, 6),
+        "min_success_ratio": settings.min_success_ratio,
+    }
+    assert requested == len(manifest["images"]) + len(quarantined), "fetch lost track of a photo"
+
+    # Quarantine and its report first, so a failing run still leaves the evidence.
+    q_files = {f"{o.quarantine['image_id']}.bin": o.body for o in bad if o.body and o.quarantine}
+    q_files["_quarantine.json"] = _json_bytes({"ds": ds, "quarantined": quarantined})
+    storage.replace_partition(quarantine_prefix(ds), q_files)
+    storage.write_json(report_key(ds), {"ds": ds, "requested": requested, "quarantined": quarantined})
+
+    raw_files = {o.image["key"][len(raw_prefix(ds)):]: o.body for o in good if o.image}
+    raw_files["_manifest.json"] = _json_bytes(manifest)
+    storage.replace_partition(raw_prefix(ds), raw_files)
+    log.info("ds=%s: %d of %d photos stored in %s, %d quarantined", ds, len(good), requested,
+             storage.uri(raw_prefix(ds)), len(bad))
+
+    if ratio < settings.min_success_ratio:
+        reasons = sorted({str(q["reason"]) for q in quarantined})
+        raise FetchError(
+            f"only {len(good)} of {requested} photos for ds={ds} are usable "
+            f"({ratio:.0%} < min_success_ratio {settings.min_success_ratio:.0%}); "
+            f"quarantine reasons: {', '.join(reasons) or 'none'}; see {storage.uri(report_key(ds))}",
+            manifest,
+        )
+    return manifest

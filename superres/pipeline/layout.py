@@ -1,0 +1,59 @@
+"""Where each date's data lives, under the storage base URI and the Spark staging area.
+
+    raw/ds=YYYY-MM-DD/<image_id>.<ext> + _manifest.json   fetched photos
+    quarantine/ds=YYYY-MM-DD/<image_id>.bin               rejected bodies, kept for inspection
+    sr/ds=YYYY-MM-DD/<image_id>.png                       results
+    reports/ds=YYYY-MM-DD/run.json, quality.json, ...     reports
+    <staging>/<dataset>/ds=YYYY-MM-DD/                    Parquet written by Spark
+
+Every path is derived from a validated date, so one date can never write into
+another's partition.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+_DS = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+DATASETS = ("images", "tiles", "sr_tiles", "outputs", "metrics")
+
+
+def check_ds(ds: str) -> str:
+    """Accept only a real calendar date in ISO form (also blocks path tricks)."""
+    if not isinstance(ds, str) or not _DS.match(ds):
+        raise ValueError(f"run date must look like YYYY-MM-DD, got {ds!r}")
+    dt.date.fromisoformat(ds)
+    return ds
+
+
+def raw_prefix(ds: str) -> str:
+    return f"raw/ds={check_ds(ds)}"
+
+
+def quarantine_prefix(ds: str) -> str:
+    return f"quarantine/ds={check_ds(ds)}"
+
+
+def sr_prefix(ds: str) -> str:
+    return f"sr/ds={check_ds(ds)}"
+
+
+def reports_prefix(ds: str) -> str:
+    return f"reports/ds={check_ds(ds)}"
+
+
+def manifest_key(ds: str) -> str:
+    return f"{raw_prefix(ds)}/_manifest.json"
+
+
+def report_key(ds: str, name: str) -> str:
+    return f"{reports_prefix(ds)}/{name}"
+
+
+def staging_path(staging_uri: str, dataset: str, ds: str) -> str:
+    """A Hive-style partition directory Spark writes natively (local, hdfs://, s3a://)."""
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown staging dataset {dataset!r}")
+    return f"{staging_uri.rstrip('/')}/{dataset}/ds={check_ds(ds)}"
