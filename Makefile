@@ -7,8 +7,10 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-SCALE  ?= 2
-SAMPLE := $(VENV)/lib/python3.11/site-packages/skimage/data/astronaut.png
+# `make run DATE=YYYY-MM-DD N=8 SCALE=2`: empty values fall back to the DAG's defaults.
+DATE   ?=
+N      ?=
+SCALE  ?=
 
 .PHONY: help setup system-deps run test lint
 
@@ -34,7 +36,7 @@ system-deps:
 setup: $(STAMP) system-deps
 
 run: setup
-	$(PY) -m superres upscale $(SAMPLE) --scale $(SCALE) --out data/run
+	$(PY) -m superres.orchestration.localrun $(if $(DATE),--date $(DATE)) $(if $(N),--n $(N)) $(if $(SCALE),--scale $(SCALE))
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -1,0 +1,88 @@
+"""SparkSubmitOperator for the project's jobs, configured from the run description.
+
+It builds the job's arguments from the ``resolve`` task's XCom at run time,
+points spark-submit at this environment's Python and Spark when nothing else
+is configured, and hands S3 credentials from the Airflow AWS connection to the
+job through its process environment (never on the command line or in logs).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+
+from superres.orchestration.run import settings_of
+
+JOBS_DIR = Path(__file__).resolve().parents[2] / "spark_jobs"
+
+
+def _spark_submit_binary() -> str:
+    found = shutil.which("spark-submit")
+    return found or str(Path(sys.executable).with_name("spark-submit"))
+
+
+def _spark_env() -> dict[str, str]:
+    """Defaults for a pip-installed pyspark: SPARK_HOME and the workers' Python."""
+    env: dict[str, str] = {}
+    if not os.environ.get("SPARK_HOME"):
+        import importlib.util
+
+        spec = importlib.util.find_spec("pyspark")
+        if spec and spec.origin:
+            env["SPARK_HOME"] = str(Path(spec.origin).parent)
+    python = os.environ.get("PYSPARK_PYTHON") or sys.executable
+    env["PYSPARK_PYTHON"] = python
+    env["PYSPARK_DRIVER_PYTHON"] = os.environ.get("PYSPARK_DRIVER_PYTHON") or python
+    return env
+
+
+def s3_env(aws_conn_id: str) -> dict[str, str]:
+    """Credentials, region and endpoint of an Airflow AWS connection, as AWS_* variables."""
+    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+
+    hook = AwsBaseHook(aws_conn_id=aws_conn_id, client_type="s3")
+    creds = hook.get_credentials()
+    env = {"AWS_ACCESS_KEY_ID": creds.access_key, "AWS_SECRET_ACCESS_KEY": creds.secret_key}
+    if creds.token:
+        env["AWS_SESSION_TOKEN"] = creds.token
+    region = hook.conn_config.region_name
+    if region:
+        env["AWS_DEFAULT_REGION"] = region
+    endpoint = hook.conn_config.get_service_endpoint_url("s3")
+    if endpoint:
+        env["AWS_ENDPOINT_URL"] = endpoint
+    return env
+
+
+class SparkJobOperator(SparkSubmitOperator):
+    """Runs ``spark_jobs/<job>.py`` for the run's date through ``spark_default``."""
+
+    def __init__(self, *, job: str, run_task_id: str = "resolve", **kwargs: Any) -> None:
+        kwargs.setdefault("application", str(JOBS_DIR / f"{job}.py"))
+        kwargs.setdefault("name", f"superres-{job}")
+        super().__init__(**kwargs)
+        self.job = job
+        self.run_task_id = run_task_id
+
+    def execute(self, context: Any) -> None:
+        run = context["ti"].xcom_pull(task_ids=self.run_task_id)
+        s = settings_of(run)
+        self.application_args = [
+            "--ds", run["ds"], "--storage-uri", s.storage_uri, "--staging-uri", s.staging_uri,
+            "--scale", str(s.scale), "--mode", s.mode, "--tile-size", str(s.tile_size),
+            "--max-pixels", str(s.max_pixels), "--models-dir", s.models_dir, "--device", s.device,
+            "--batch-size", str(s.batch_size),
+        ]
+        env = {**_spark_env(), **(self.env_vars or {})}
+        if s.storage_uri.startswith("s3://"):
+            env.update(s3_env(s.aws_conn_id))
+        self.env_vars = env
+        if not self._spark_binary:
+            self._spark_binary = _spark_submit_binary()
+        self._conn_id = s.spark_conn_id
+        super().execute(context)

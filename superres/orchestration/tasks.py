@@ -1,0 +1,97 @@
+"""The Python tasks of ``superres_daily``: fetch and the run report.
+
+Each task is a transaction over one date's partition: it reads and writes only
+``ds=<date>`` keys, and a rerun replaces what an earlier attempt wrote.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from superres.orchestration.run import settings_of
+from superres.pipeline import layout
+from superres.storage import ObjectNotFound, Storage, open_storage
+
+log = logging.getLogger(__name__)
+
+STAGES = ("split", "inference", "reconstruct")
+
+
+def storage_for(run: dict[str, Any]) -> Storage:
+    s = settings_of(run)
+    conn = s.aws_conn_id if s.storage_uri.startswith("s3://") else None
+    return open_storage(s.storage_uri, aws_conn_id=conn)
+
+
+def fetch(run: dict[str, Any]) -> dict[str, Any]:
+    """Fetch the date's photos into ``raw/ds=…`` (see superres.fetch)."""
+    from superres.fetch import fetch_partition
+
+    t0 = time.time()
+    storage = storage_for(run)
+    manifest = fetch_partition(settings_of(run), run["ds"], storage)
+    seconds = round(time.time() - t0, 3)
+    storage.write_json(layout.report_key(run["ds"], "stages/fetch.json"), {
+        "stage": "fetch", "ds": run["ds"], "seconds": seconds, "requested": manifest["requested"],
+        "images": len(manifest["images"]), "quarantined": len(manifest["quarantined"]),
+    })
+    return {"requested": manifest["requested"], "images": len(manifest["images"]),
+            "quarantined": len(manifest["quarantined"])}
+
+
+def _read_stage(storage: Storage, ds: str, stage: str) -> dict[str, Any] | None:
+    try:
+        return storage.read_json(layout.report_key(ds, f"stages/{stage}.json"))
+    except ObjectNotFound:
+        return None
+
+
+def build_report(run: dict[str, Any], storage: Storage) -> dict[str, Any]:
+    """``run.json``: counts that must reconcile, per-stage timings and the (public) config."""
+    ds = run["ds"]
+    manifest = storage.read_json(layout.manifest_key(ds))
+    stages = {name: _read_stage(storage, ds, name) for name in ("fetch", *STAGES)}
+    split_q = (stages["split"] or {}).get("quarantine", [])
+    quarantined = list(manifest["quarantined"]) + [dict(q, source="split") for q in split_q]
+    outputs = [k for k in storage.list(layout.sr_prefix(ds)) if k.endswith(".png")]
+    counts = {
+        "fetched": manifest["requested"],
+        "processed": len(outputs),
+        "quarantined": len(quarantined),
+    }
+    report = {
+        "ds": ds,
+        "run_id": run["run_id"],
+        "mode": run["settings"]["mode"],
+        "scale": run["settings"]["scale"],
+        "counts": counts,
+        "reconciled": counts["fetched"] == counts["processed"] + counts["quarantined"],
+        "timings": {k: v["seconds"] for k, v in stages.items() if v},
+        "stages": stages,
+        "outputs": {
+            "raw": storage.uri(layout.raw_prefix(ds)),
+            "sr": storage.uri(layout.sr_prefix(ds)),
+            "reports": storage.uri(layout.reports_prefix(ds)),
+            "images": outputs,
+        },
+        "config": run["settings"],
+    }
+    return report
+
+
+def report(run: dict[str, Any]) -> dict[str, Any]:
+    """Write ``reports/ds=…/run.json``; fail the run if the counts do not reconcile."""
+    storage = storage_for(run)
+    rep = build_report(run, storage)
+    storage.write_json(layout.report_key(run["ds"], "run.json"), rep)
+    c = rep["counts"]
+    log.info("ds=%s: fetched %d = processed %d + quarantined %d", run["ds"], c["fetched"],
+             c["processed"], c["quarantined"])
+    if not rep["reconciled"]:
+        raise RuntimeError(
+            f"counts do not reconcile for ds={run['ds']}: fetched {c['fetched']} != processed "
+            f"{c['processed']} + quarantined {c['quarantined']}"
+        )
+    return {"counts": c, "sr": rep["outputs"]["sr"], "reports": rep["outputs"]["reports"]}
