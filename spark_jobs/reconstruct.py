@@ -1,11 +1,11 @@
-"""Spark job *reconstruct*: SR tiles + images -> stitched, colour PNGs in ``sr/ds=…/``.
+"""Spark job *reconstruct*: SR tiles + images -> stitched colour PNGs (``outputs`` staging).
 
     spark-submit spark_jobs/reconstruct.py --ds 2026-01-05 --scale 2
 
 Executors group each image's SR tiles, stitch them, add bicubic chroma (and
-alpha), clamp and encode PNG.  The driver streams the PNGs back and publishes
-the date's ``sr/`` partition in one replace (success marker written last), so a
-rerun replaces the partition and readers never see half of it.
+alpha), clamp and encode PNG.  The PNGs go to the date's ``outputs`` Parquet
+in staging, not to ``sr/``: they are published only after the quality gates
+pass (write-audit-publish), by the evaluate job.
 """
 
 from __future__ import annotations
@@ -43,15 +43,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             out = sr.groupBy("image_id").cogroup(imgs.groupBy("image_id")) \
                 .applyInPandas(stitch_group, OUTPUT_SCHEMA)
-            files = {}
-            for r in out.toLocalIterator():
-                files[f"{r['image_id']}.png"] = bytes(r["png"])
+            out.write.mode("overwrite").parquet(layout.staging_path(args.staging_uri, "outputs", args.ds))
+            written = spark.read.parquet(layout.staging_path(args.staging_uri, "outputs", args.ds))
+            got = {r["image_id"] for r in written.select("image_id").collect()}
             expected = {r["image_id"] for r in imgs.select("image_id").collect()}
-            missing = sorted(expected - {k[:-4] for k in files})
+            missing = sorted(expected - got)
             if missing:
                 raise RuntimeError(f"no SR output for images {missing}: their tiles are missing")
-            storage.replace_partition(layout.sr_prefix(args.ds), files)
-            summary.update(images=len(files), location=storage.uri(layout.sr_prefix(args.ds)))
+            summary.update(images=len(got))
     finally:
         spark.stop()
     return 0

@@ -46,7 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             tiles.write.mode("overwrite").parquet(layout.staging_path(args.staging_uri, "tiles", args.ds))
             counts = {r["status"]: r["n"] for r in imgs.groupBy("status").count()
                       .withColumnRenamed("count", "n").collect()}
-            summary.update(images=len(rows), ok=counts.get("ok", 0),
+            quarantine = [r.asDict() for r in imgs.filter("status != 'ok'")
+                          .select("image_id", "reason", "message").collect()]
+            summary.update(images=len(rows), ok=counts.get("ok", 0), quarantine=quarantine,
                            quarantined=counts.get("quarantined", 0),
                            tiles=int(imgs.filter("status = 'ok'").agg({"tiles": "sum"}).first()[0] or 0))
     finally:
