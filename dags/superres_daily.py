@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Param, TriggerRule, chain, dag, task
 
 from superres.orchestration.operators import SparkJobOperator
 
@@ -21,8 +21,14 @@ Super-resolves a daily batch of photos with FSRCNN.
    source), into `raw/ds=YYYY-MM-DD/` with a manifest; bad bodies are quarantined.
 3. **split / inference / reconstruct**: Spark jobs (`spark_jobs/`) through `spark_default`:
    halo tiles to Parquet, batched FSRCNN, stitched PNGs into `sr/ds=YYYY-MM-DD/`.
-4. **report**: `reports/ds=YYYY-MM-DD/run.json` with counts that must reconcile
+4. **quality**: Great Expectations suites on the manifest, tiles, SR tiles and outputs
+   (`reports/ds=…/quality.json`); a failed gate stops the run before anything is published.
+5. **evaluate**: per-image PSNR/SSIM of SR and bicubic (evaluate mode) in Spark, the
+   regression gate (SR must beat bicubic), then publish `sr/ds=…/`, `metrics.json` and
+   comparison images.
+6. **report**: `reports/ds=YYYY-MM-DD/run.json` with counts that must reconcile
    (fetched = processed + quarantined), timings and config.
+7. **notify**: a signed callback to the notifier, sent even when an earlier task failed.
 
 Every task writes only its date's partition and a rerun replaces it, so backfills and
 clears are safe. Params are editable in the trigger form.
@@ -78,11 +84,16 @@ def superres_daily():
 
         return tasks.report(run)
 
+    @task(trigger_rule=TriggerRule.ALL_DONE, retries=5)
+    def notify(run: dict | None = None, **context):
+        from superres.orchestration.notify import notify as send
+
+        return send(run, context)
+
     run = resolve()
-    split = SparkJobOperator(task_id="split", job="split")
-    inference = SparkJobOperator(task_id="inference", job="inference")
-    reconstruct = SparkJobOperator(task_id="reconstruct", job="reconstruct")
-    fetch(run) >> split >> inference >> reconstruct >> report(run)
+    spark = [SparkJobOperator(task_id=job, job=job)
+             for job in ("split", "inference", "reconstruct", "quality", "evaluate")]
+    chain(fetch(run), *spark, report(run), notify(run))
 
 
 superres_daily()

@@ -68,6 +68,9 @@ class Settings:
     aws_conn_id: str = "aws_default"
     spark_conn_id: str = "spark_default"
     notifier_conn_id: str = "notifier_default"
+    # Base URL of the notifier, for re-delivery outside Airflow and for `make run`'s
+    # notifier_default connection; in Airflow the connection is what the callback uses.
+    notifier_url: str = "http://127.0.0.1:8090"
 
     # Notifier callback signing.
     callback_secret: Secret = field(default_factory=lambda: Secret(""))

@@ -22,6 +22,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from superres.config import PROJECT_ROOT, Settings
+from superres.orchestration import services
 
 DAG_ID = "superres_daily"
 
@@ -36,6 +37,16 @@ def airflow_env(base: dict[str, str] | None = None) -> dict[str, str]:
     env.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
     env.setdefault("AIRFLOW__CORE__PARALLELISM", "4")
     env.setdefault("AIRFLOW_CONN_SPARK_DEFAULT", json.dumps({"conn_type": "spark", "host": "local[*]"}))
+    settings = Settings.from_env(env)
+    notifier = urlsplit(settings.notifier_url)
+    env.setdefault("AIRFLOW_CONN_NOTIFIER_DEFAULT", json.dumps({
+        "conn_type": "http", "host": notifier.hostname, "port": notifier.port,
+        "schema": notifier.scheme or "http"}))
+    if not env.get("SUPERRES_CALLBACK_SECRET"):
+        env["SUPERRES_CALLBACK_SECRET"] = services.callback_secret(home)
+    env.setdefault("NOTIFIER_SECRET", env["SUPERRES_CALLBACK_SECRET"])
+    env.setdefault("NOTIFIER_STORAGE_URI", settings.storage_uri)
+    env.setdefault("NOTIFIER_DB", str(services.RUN_DIR / "notifier.sqlite"))
     bin_dir = str(Path(sys.executable).parent)
     if bin_dir not in env.get("PATH", "").split(os.pathsep):
         env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
@@ -112,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     log_dir = PROJECT_ROOT / ".run"
     log_dir.mkdir(exist_ok=True)
     log_path = log_dir / f"dags-test-{ds}.log"
+    url = settings.notifier_url
+    status = services.start("notifier", services.notifier_cmd(url), url, env)
+    print(f"notifier ({status}) on {settings.notifier_url}/")
     with ExitStack() as stack:
         started = start_offline_source(settings, stack)
         if started:
@@ -129,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(summary(settings, ds))
     print(f"  wall time:     {elapsed:.0f}s")
+    print(f"  gallery:       {settings.notifier_url}/")
     return 0
 
 

@@ -16,7 +16,7 @@ from superres.storage import ObjectNotFound, Storage, open_storage
 
 log = logging.getLogger(__name__)
 
-STAGES = ("split", "inference", "reconstruct")
+STAGES = ("split", "inference", "reconstruct", "quality", "evaluate")
 
 
 def storage_for(run: dict[str, Any]) -> Storage:
@@ -31,6 +31,9 @@ def fetch(run: dict[str, Any]) -> dict[str, Any]:
 
     t0 = time.time()
     storage = storage_for(run)
+    # This run owns the date's reports from here on: drop every report a previous
+    # run of the same date left, so nothing stale can be mistaken for this run's.
+    storage.delete_prefix(layout.reports_prefix(run["ds"]))
     manifest = fetch_partition(settings_of(run), run["ds"], storage)
     seconds = round(time.time() - t0, 3)
     storage.write_json(layout.report_key(run["ds"], "stages/fetch.json"), {
@@ -46,6 +49,23 @@ def _read_stage(storage: Storage, ds: str, stage: str) -> dict[str, Any] | None:
         return storage.read_json(layout.report_key(ds, f"stages/{stage}.json"))
     except ObjectNotFound:
         return None
+
+
+def _metrics_summary(storage: Storage, ds: str) -> dict[str, Any] | None:
+    try:
+        m = storage.read_json(layout.report_key(ds, "metrics.json"))
+    except ObjectNotFound:
+        return None
+    return {"mean": m.get("mean"), "images": len(m.get("images", []))}
+
+
+def _quality_summary(storage: Storage, ds: str) -> dict[str, Any] | None:
+    try:
+        q = storage.read_json(layout.report_key(ds, "quality.json"))
+    except ObjectNotFound:
+        return None
+    suites = {s.get("name"): s.get("success") for s in q.get("suites", [])}
+    return {"success": q.get("success"), "suites": suites}
 
 
 def build_report(run: dict[str, Any], storage: Storage) -> dict[str, Any]:
@@ -69,6 +89,9 @@ def build_report(run: dict[str, Any], storage: Storage) -> dict[str, Any]:
         "counts": counts,
         "reconciled": counts["fetched"] == counts["processed"] + counts["quarantined"],
         "timings": {k: v["seconds"] for k, v in stages.items() if v},
+        "quarantine": quarantined,
+        "metrics": _metrics_summary(storage, ds),
+        "quality": _quality_summary(storage, ds),
         "stages": stages,
         "outputs": {
             "raw": storage.uri(layout.raw_prefix(ds)),
