@@ -12,11 +12,13 @@ DATE   ?=
 N      ?=
 SCALE  ?=
 
-.PHONY: help setup system-deps run test lint
+.PHONY: help setup system-deps run test lint up down notify
 
 help:
 	@echo "make run    run the main job on the embedded defaults"
 	@echo "make test   lint and run the test suite"
+	@echo "make up     start Airflow (UI on :8080), the notifier and the offline Picsum source"
+	@echo "make down   stop what make up started"
 
 $(PY):
 	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; assert v == (3, 11), f"Python 3.11 is required, found {v[0]}.{v[1]}"'
@@ -37,6 +39,15 @@ setup: $(STAMP) system-deps
 
 run: setup
 	$(PY) -m superres.orchestration.localrun $(if $(DATE),--date $(DATE)) $(if $(N),--n $(N)) $(if $(SCALE),--scale $(SCALE))
+
+up: setup
+	$(PY) -m superres.orchestration.stack up
+
+down:
+	@if [ -x $(PY) ]; then $(PY) -m superres.orchestration.stack down; fi
+
+notify: $(STAMP)
+	$(PY) -m superres.orchestration.notify --date $(DATE)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

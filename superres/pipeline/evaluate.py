@@ -233,13 +233,17 @@ def metrics_report(ds: str, scale: int, rows: Sequence[Mapping[str, Any]]) -> di
 
 
 def regression_gate(report: Mapping[str, Any]) -> None:
-    """Refuse to publish a model that does not beat bicubic on mean Y PSNR."""
+    """Refuse to publish a model that does not beat bicubic on mean Y PSNR.
+
+    A tie fails too (the model must add something), except the degenerate
+    case where both are perfect (every PSNR capped: flat images).
+    """
     mean = report["mean"]
     n = len(report["images"])
     if not n or mean.get("psnr") is None or mean.get("psnr_bicubic") is None:
         raise ValueError(f"metrics report for ds={report.get('ds')} scored no images; nothing to gate")
     sr, bic = float(mean["psnr"]), float(mean["psnr_bicubic"])
-    if sr <= bic:
+    if sr < bic or (sr == bic and sr < PSNR_CAP_DB):
         raise ModelRegressionError(
             f"ds={report.get('ds')} x{report.get('scale')}: mean SR PSNR {sr:.3f} dB is not above "
             f"the bicubic baseline {bic:.3f} dB over {n} image(s); SR outputs are not published"

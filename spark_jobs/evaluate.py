@@ -1,0 +1,156 @@
+"""Spark job *evaluate*: audit the staged SR outputs, then publish them (write-audit-publish).
+
+    spark-submit spark_jobs/evaluate.py --ds 2026-01-05 --scale 2 --mode evaluate
+
+The driver reads the manifest and the HR photos of the date's ``ok`` images
+from storage (through Python: the JVM has no s3a here) and hands them to the
+executors as rows, joined with the staged ``images`` (LR PNG) and ``outputs``
+(SR PNG).  Executors score SR and bicubic against HR (evaluate mode) and
+render the bicubic and comparison PNGs; rows stream back to the driver one
+partition at a time (``toLocalIterator``).
+
+Evaluate mode applies the regression gate before anything is published: if
+SR does not beat bicubic, ``reports/ds=…/metrics.json`` is still written for
+diagnosis, the job fails, and ``sr/ds=…`` is left exactly as it was.
+Otherwise it publishes, each as a whole partition that a rerun replaces:
+
+    sr/ds=…/<image_id>.png               the staged outputs, byte for byte
+    reports/ds=…/compare/<image_id>.png  HR | bicubic | SR crop (upscale mode: bicubic | SR)
+    reports/ds=…/bicubic/<image_id>.png  the bicubic baseline
+    reports/ds=…/metrics.json            evaluate mode only
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sys
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pyarrow as pa
+
+from superres.evaluate import KEYS
+from superres.pipeline import layout
+from superres.pipeline.evaluate import (
+    EVAL_SCHEMA,
+    ModelRegressionError,
+    evaluate_batches,
+    metrics_report,
+    regression_gate,
+)
+from superres.pipeline.spark import job_parser, parse, session, spark_schema, stage_summary
+from superres.storage import Storage, open_storage
+
+log = logging.getLogger("superres.evaluate")
+
+
+def compare_prefix(ds: str) -> str:
+    return layout.report_key(ds, "compare")
+
+
+def bicubic_prefix(ds: str) -> str:
+    return layout.report_key(ds, "bicubic")
+
+
+def staged_checksums(ids: Sequence[str], outputs: Sequence[Any]) -> dict[str, str]:
+    """image_id -> staged sha256, after checking there is exactly one output per ok image."""
+    counts = Counter(r["image_id"] for r in outputs)
+    missing = sorted(set(ids) - counts.keys())
+    unexpected = sorted(counts.keys() - set(ids))
+    duplicated = sorted(i for i, n in counts.items() if n > 1)
+    if missing or unexpected or duplicated:
+        raise RuntimeError(f"staged outputs do not match the ok images: missing {missing}, "
+                           f"unexpected {unexpected}, duplicated {duplicated}")
+    return {r["image_id"]: r["sha256"] for r in outputs}
+
+
+def hr_rows(storage: Storage, manifest: dict[str, Any], ids: Sequence[str]) -> list[tuple[str, bytes]]:
+    """(image_id, HR photo bytes) for the given ids, from the keys the raw manifest lists."""
+    keys = {img["image_id"]: img["key"] for img in manifest["images"]}
+    unknown = sorted(set(ids) - keys.keys())
+    if unknown:
+        raise RuntimeError(f"staged images {unknown} are not in the raw manifest; rerun split")
+    return [(i, storage.read_bytes(keys[i])) for i in ids]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse(job_parser(__doc__), argv)
+    ds, scale, mode = args.ds, args.scale, args.mode
+    storage = open_storage(args.storage_uri)
+    metrics_key = layout.report_key(ds, "metrics.json")
+    spark = session(f"superres-evaluate-{ds}")
+    try:
+        with stage_summary(storage, ds, "evaluate", {"mode": mode, "scale": scale}) as summary:
+            imgs = spark.read.parquet(layout.staging_path(args.staging_uri, "images", ds)) \
+                .filter("status = 'ok'").select("image_id", "lr_png")
+            outs = spark.read.parquet(layout.staging_path(args.staging_uri, "outputs", ds)) \
+                .select("image_id", "png", "sha256")
+            ids = sorted(r["image_id"] for r in imgs.select("image_id").collect())
+            if not ids:
+                raise RuntimeError(f"ds={ds} has no ok images in staging: nothing to evaluate or publish")
+            expected_sha = staged_checksums(ids, outs.select("image_id", "sha256").collect())
+
+            joined = imgs.join(outs.drop("sha256"), "image_id")
+            if mode == "evaluate":
+                manifest = storage.read_json(layout.manifest_key(ds))
+                hr = spark.createDataFrame(hr_rows(storage, manifest, ids), "image_id string, hr binary")
+                joined = joined.join(hr, "image_id")
+            parts = args.partitions or spark.sparkContext.defaultParallelism
+
+            def evaluate(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+                return evaluate_batches(batches, mode=mode, scale=scale)
+
+            result = joined.repartition(max(1, min(parts, len(ids)))) \
+                .mapInArrow(evaluate, spark_schema(EVAL_SCHEMA))
+
+            sr_files: dict[str, bytes] = {}
+            compare_files: dict[str, bytes] = {}
+            bicubic_files: dict[str, bytes] = {}
+            scores: list[dict[str, Any]] = []
+            for row in result.toLocalIterator():
+                image_id, png = row["image_id"], bytes(row["png"])
+                if hashlib.sha256(png).hexdigest() != expected_sha[image_id]:
+                    raise RuntimeError(f"SR PNG of {image_id} does not match its staged sha256")
+                name = f"{image_id}.png"
+                if name in sr_files:
+                    raise RuntimeError(f"image {image_id} was evaluated twice")
+                sr_files[name] = png
+                compare_files[name] = bytes(row["compare_png"])
+                bicubic_files[name] = bytes(row["bicubic_png"])
+                if mode == "evaluate":
+                    scores.append({"image_id": image_id, **{k: row[k] for k in KEYS}})
+            if len(sr_files) != len(ids):
+                raise RuntimeError(f"evaluated {len(sr_files)} of {len(ids)} ok images")
+
+            report: dict[str, Any] | None = None
+            if mode == "evaluate":
+                report = metrics_report(ds, scale, scores)
+                try:
+                    regression_gate(report)
+                except ModelRegressionError:
+                    storage.write_json(metrics_key, report)  # for diagnosis; nothing is published
+                    log.error("regression gate failed for ds=%s; see %s", ds, storage.uri(metrics_key))
+                    raise
+
+            # Publish only what was audited; each partition is replaced whole, _SUCCESS last.
+            marker = storage.replace_partition(layout.sr_prefix(ds), sr_files)
+            storage.replace_partition(compare_prefix(ds), compare_files)
+            storage.replace_partition(bicubic_prefix(ds), bicubic_files)
+            published = {"sr": layout.sr_prefix(ds), "compare": compare_prefix(ds),
+                         "bicubic": bicubic_prefix(ds)}
+            if report is not None:
+                storage.write_json(metrics_key, report)
+                published["metrics"] = metrics_key
+                summary.update(mean=report["mean"])
+            summary.update(images=len(sr_files), sr_bytes=marker["total_bytes"],
+                           compare=len(compare_files), bicubic=len(bicubic_files),
+                           outputs={k: storage.uri(v) for k, v in published.items()}, published=True)
+    finally:
+        spark.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
