@@ -1,0 +1,128 @@
+"""Spark job *quality*: Great Expectations gates on the date's staged data (the audit step).
+
+    spark-submit spark_jobs/quality.py --ds 2026-01-05 --scale 2 [--storage-uri ...] [--staging-uri ...]
+
+Write-audit-publish: split, inference and reconstruct wrote staging Parquet; this
+job audits it against the fetch manifest and writes ``reports/ds=…/quality.json``
+whether the gates pass or not.  A failed gate raises ``QualityGateError`` naming
+each failed expectation with sample rows, so the Airflow task fails with that
+message in its log and evaluate (which publishes) never runs.  Nothing is
+published here.
+
+Spark reads metadata columns only.  The PNG checks are SQL expressions on the
+binary column (signature, IHDR size, length, sha256), so neither pixels nor PNG
+bytes reach the driver.  A dataset that was never written reads as empty, its
+rows then show up as missing in the gates, and it is listed in
+``missing_datasets``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from superres import quality
+from superres.pipeline import layout
+from superres.pipeline.spark import job_parser, parse, session, stage_summary
+from superres.storage import Storage, open_storage
+
+if TYPE_CHECKING:
+    import argparse
+
+    import pandas as pd
+
+log = logging.getLogger("superres.quality")
+
+# The staging datasets the gates read, with the metadata columns taken from each.
+DATASETS: dict[str, tuple[str, ...]] = {
+    "images": quality.IMAGE_COLUMNS,
+    "tiles": quality.TILE_COLUMNS,
+    "sr_tiles": quality.SR_TILE_COLUMNS,
+    "outputs": quality.OUTPUT_COLUMNS,
+}
+# Spark's error conditions for "nothing was written there" (a race with _exists, or an empty directory).
+_ABSENT = ("PATH_NOT_FOUND", "UNABLE_TO_INFER_SCHEMA")
+
+
+def _exists(spark, path: str) -> bool:
+    """Ask Hadoop's FileSystem (local, hdfs://, s3a://), instead of provoking a logged stack trace."""
+    jvm = spark.sparkContext._jvm
+    hadoop_path = jvm.org.apache.hadoop.fs.Path(path)
+    return bool(hadoop_path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).exists(hadoop_path))
+
+
+def read_metadata(spark, path: str, columns: Sequence[str],
+                  expressions: Mapping[str, str] | None = None) -> pd.DataFrame | None:
+    """The chosen columns (plus SQL expressions) of a Parquet dataset as pandas; None if absent."""
+    from pyspark.errors import AnalysisException
+    from pyspark.sql import functions as F
+
+    if not _exists(spark, path):
+        return None
+    try:
+        df = spark.read.parquet(path)
+    except AnalysisException as exc:  # a directory without any Parquet file in it
+        if (exc.getCondition() or "") in _ABSENT:
+            return None
+        raise
+    extra = [F.expr(sql).alias(name) for name, sql in (expressions or {}).items()]
+    return df.select(*[F.col(c) for c in columns], *extra).toPandas()
+
+
+def read_frames(spark, staging_uri: str, ds: str) -> tuple[dict[str, pd.DataFrame], list[str]]:
+    """The date's staging datasets as small metadata frames, and the names of those never written."""
+    import pandas as pd
+
+    frames: dict[str, pd.DataFrame] = {}
+    missing: list[str] = []
+    for name, columns in DATASETS.items():
+        expressions = quality.png_sql("png") if name == "outputs" else {}
+        frame = read_metadata(spark, layout.staging_path(staging_uri, name, ds), columns, expressions)
+        if frame is None:
+            log.warning("staging dataset %s for ds=%s does not exist; auditing it as empty", name, ds)
+            missing.append(name)
+            frame = pd.DataFrame(columns=[*columns, *expressions])
+        frames[name] = frame
+    return frames, missing
+
+
+def audit(storage: Storage, args: argparse.Namespace) -> dict[str, Any]:
+    """Read the manifest and staged metadata, stop Spark, then run the gates on the driver."""
+    manifest = storage.read_json(layout.manifest_key(args.ds))
+    spark = session(f"superres-quality-{args.ds}")
+    try:
+        frames, missing = read_frames(spark, args.staging_uri, args.ds)
+    finally:
+        spark.stop()
+    frames["manifest"] = quality.manifest_records(manifest)
+    return {"ds": args.ds, **quality.run_suites(frames, args.scale), "missing_datasets": missing}
+
+
+def error_report(ds: str, scale: int, exc: BaseException) -> dict[str, Any]:
+    """quality.json for a run whose gates could not even be evaluated (it still says why)."""
+    return {"success": False, "ds": ds, "scale": scale, "error": f"{type(exc).__name__}: {exc}",
+            "suites": []}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse(job_parser(__doc__), argv)
+    storage = open_storage(args.storage_uri)
+    key = layout.report_key(args.ds, "quality.json")
+    with stage_summary(storage, args.ds, "quality", {"scale": args.scale}) as summary:
+        try:
+            result = audit(storage, args)
+        except Exception as exc:
+            storage.write_json(key, error_report(args.ds, args.scale, exc))
+            raise
+        storage.write_json(key, result)
+        log.info("quality report written to %s (success=%s)", storage.uri(key), result["success"])
+        quality.enforce(result)  # a failed gate fails the task here, before the stage summary
+        summary.update(success=True, suites={s["name"]: s["success"] for s in result["suites"]},
+                       inputs=result["inputs"], missing_datasets=result["missing_datasets"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
