@@ -35,6 +35,7 @@ import requests
 
 from superres import __version__, images
 from superres.config import Settings
+from superres.pipeline import layout
 from superres.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,6 @@ MAX_BODY_BYTES = 64 * 1024 * 1024
 MIN_SIDE = 16  # smaller photos are useless for super-resolution
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_DS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif", "PPM": "ppm"}
 USER_AGENT = f"superres-pipeline/{__version__} (+fetch)"
 
@@ -97,10 +97,7 @@ class Reply:
 
 def validate_ds(ds: str) -> str:
     """``YYYY-MM-DD`` or ValueError: ``ds`` becomes part of storage keys."""
-    if not isinstance(ds, str) or not _DS_RE.match(ds):
-        raise ValueError(f"ds must be YYYY-MM-DD, got {ds!r}")
-    dt.date.fromisoformat(ds)
-    return ds
+    return layout.check_ds(ds)
 
 
 def redact_url(url: str) -> str:
@@ -442,15 +439,15 @@ def fetch_one(http: Client, settings: Settings, ds: str, photo: Listed) -> Outco
 
 
 def raw_prefix(ds: str) -> str:
-    return f"raw/ds={ds}/"
+    return layout.raw_prefix(ds) + "/"
 
 
 def quarantine_prefix(ds: str) -> str:
-    return f"quarantine/ds={ds}/"
+    return layout.quarantine_prefix(ds) + "/"
 
 
 def report_key(ds: str) -> str:
-    return f"reports/ds={ds}/quarantine.json"
+    return layout.report_key(ds, "quarantine.json")
 
 
 def _json_bytes(obj: Any) -> bytes:
