@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,37 @@ def check_outputs(read, list_keys, ds: str, scale: int, mode: str) -> dict[str, 
     return {"manifest": manifest, "report": report}
 
 
+def check_gallery_in_browser(base_url: str, metrics: dict[str, Any]) -> None:
+    """Headless Chromium: the gallery shows the run's images and exactly metrics.json's numbers."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.notifier.test_gallery_browser import CHROMIUM, CHROMIUM_ARGS
+
+    if not CHROMIUM.exists() and not os.environ.get("CI"):
+        pytest.skip("needs Debian's chromium (make test installs it)")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1360, "height": 900})
+            page.route("**/*", lambda r: r.continue_() if r.request.url.startswith(base_url) else r.abort())
+            assert page.goto(base_url + "/", wait_until="load").status == 200
+            imgs = page.eval_on_selector_all("img", "els => els.map(e => e.naturalWidth)")
+            assert imgs and min(imgs) > 0
+            shown = page.eval_on_selector_all(
+                "[data-metric][data-image-id]",
+                "els => els.map(e => [e.dataset.imageId, e.dataset.metric, e.textContent.trim()])")
+            keys = ("psnr", "ssim", "psnr_bicubic", "ssim_bicubic")
+            shown = {(i, m): t for i, m, t in shown if m in keys}
+            expected = {(row["image_id"], k): (f"{row[k]:.4f}" if k.startswith("ssim") else f"{row[k]:.2f}")
+                        for row in metrics["images"] for k in keys}
+            assert shown == expected
+            out = ROOT / "test-artifacts"
+            out.mkdir(exist_ok=True)
+            page.screenshot(path=str(out / "e2e-gallery.png"), full_page=True)
+        finally:
+            browser.close()
+
+
 def test_local_run_then_rerun_is_idempotent(pipeline_env: dict[str, Any]) -> None:
     storage: Path = pipeline_env["storage"]
     ds = "2026-01-05"
@@ -78,6 +110,8 @@ def test_local_run_then_rerun_is_idempotent(pipeline_env: dict[str, Any]) -> Non
     runs = client.get("/api/runs").get_json()
     runs = runs["runs"] if isinstance(runs, dict) else runs
     assert [r["ds"] for r in runs] == [ds] and runs[0]["state"] == "success"
+
+    check_gallery_in_browser(pipeline_env["notifier"]["url"], metrics)
 
     before = snapshot(storage)
     staging_before = snapshot(pipeline_env["staging"])
