@@ -90,10 +90,17 @@ def superres_daily():
 
         return send(run, context)
 
+    @task(trigger_rule=TriggerRule.ONE_FAILED, retries=0)
+    def watcher():
+        """Fails the run when any pipeline task failed (notify, a leaf, would otherwise hide it)."""
+        raise RuntimeError("a pipeline task failed; see the failed task's log")
+
     run = resolve()
     spark = [SparkJobOperator(task_id=job, job=job)
              for job in ("split", "inference", "reconstruct", "quality", "evaluate")]
-    chain(fetch(run), *spark, report(run), notify(run))
+    pipeline = [fetch(run), *spark, report(run)]
+    chain(*pipeline, notify(run))
+    [run, *pipeline] >> watcher()
 
 
 superres_daily()

@@ -12,7 +12,8 @@ import pytest
 
 from tests.conftest import ROOT
 
-TASKS = ["resolve", "fetch", "split", "inference", "reconstruct", "quality", "evaluate", "report", "notify"]
+TASKS = ["resolve", "fetch", "split", "inference", "reconstruct", "quality", "evaluate", "report", "notify",
+         "watcher"]
 HEAVY = ("torch", "pyspark", "pandas", "great_expectations", "numpy", "PIL", "pyarrow", "boto3")
 
 
@@ -49,6 +50,10 @@ def test_tasks_and_dependencies(dag) -> None:
         assert down in dag.get_task(up).downstream_task_ids, (up, down)
     assert {"fetch", "report", "notify"} <= dag.get_task("resolve").downstream_task_ids
     assert dag.get_task("notify").trigger_rule == "all_done"
+    # The watcher makes the run fail when any pipeline task failed, although notify (a leaf) succeeds.
+    watcher = dag.get_task("watcher")
+    assert watcher.trigger_rule == "one_failed"
+    assert set(TASKS) - {"notify", "watcher"} <= watcher.upstream_task_ids
 
 
 def test_spark_tasks_use_spark_submit_and_the_spark_connection(dag) -> None:
@@ -63,6 +68,8 @@ def test_spark_tasks_use_spark_submit_and_the_spark_connection(dag) -> None:
 
 def test_every_task_retries_with_exponential_backoff(dag) -> None:
     for task in dag.tasks:
+        if task.task_id == "watcher":  # it only reports a failure; retrying it changes nothing
+            continue
         assert task.retries >= 2, task.task_id
         assert task.retry_exponential_backoff, task.task_id
         assert task.retry_delay >= timedelta(seconds=10)

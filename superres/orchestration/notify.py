@@ -132,11 +132,14 @@ def _check(resp: Any) -> int:
 
 
 def failed_tasks_of(ti: Any, dag_id: str, run_id: str) -> list[str]:
-    """Upstream tasks of this run that did not succeed (Airflow 3 task-SDK query)."""
+    """Pipeline tasks of this run that failed (Airflow 3 task-SDK query).
+
+    Tasks that never ran because an upstream failed (``upstream_failed``) are
+    not listed: the event names the cause, not its consequences.
+    """
     states = ti.get_task_states(dag_id=dag_id, run_ids=[run_id]).get(run_id, {})
-    ok = ("success", "skipped")
     return sorted(t for t, s in states.items()
-                  if t in PIPELINE_TASKS and str(getattr(s, "value", s)) not in ok)
+                  if t in PIPELINE_TASKS and str(getattr(s, "value", s)) == "failed")
 
 
 def notify(run: dict[str, Any] | None, context: dict[str, Any]) -> dict[str, Any]:

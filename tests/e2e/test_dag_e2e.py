@@ -168,3 +168,32 @@ def test_s3_run_through_moto(pipeline_env: dict[str, Any], s3_bucket: str, aws_e
 
     check_outputs(read, list_keys, ds, scale=3, mode="upscale")
     assert f"sr/ds={ds}/_SUCCESS" in list_keys(f"sr/ds={ds}/")
+
+
+def test_failed_run_still_notifies_and_publishes_nothing(pipeline_env: dict[str, Any],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The source is down: fetch fails, nothing is published, and the notifier hears of it."""
+    import socket
+
+    with socket.socket() as s:  # a loopback port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    monkeypatch.setenv("SUPERRES_PICSUM_URL", f"http://127.0.0.1:{dead}")
+    monkeypatch.setenv("SUPERRES_FETCH_RETRIES", "1")
+    monkeypatch.setenv("SUPERRES_FETCH_BACKOFF_S", "0.01")
+    dag = _dag()
+    for t in dag.tasks:
+        t.retries = 0
+    ds = "2026-03-01"
+    dr = dag.test(logical_date=datetime.fromisoformat(ds).replace(tzinfo=UTC), run_conf={"num_images": 2})
+    states = {ti.task_id: ti.state for ti in dr.get_task_instances()}
+    assert dr.state == "failed"
+    assert states["fetch"] == "failed" and states["notify"] == "success", states
+    assert states["split"] == "upstream_failed"
+    storage: Path = pipeline_env["storage"]
+    assert not (storage / "sr").exists()
+    runs = pipeline_env["notifier"]["app"].test_client().get("/api/runs").get_json()
+    runs = runs["runs"] if isinstance(runs, dict) else runs
+    assert [(r["ds"], r["state"]) for r in runs] == [(ds, "failed")]
+    event = json.loads((storage / f"reports/ds={ds}/event.json").read_text())
+    assert event["failed_tasks"] == ["fetch"] and event["images"] == []
