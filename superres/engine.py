@@ -101,20 +101,29 @@ class Upscaler:
 
         Grey stays grey (FSRCNN on the plane itself); alpha is bicubic-upscaled.
         """
-        h, w = pixels.shape[:2]
-        if pixels.ndim == 2 or pixels.shape[2] in (1, 2):
-            grey = pixels if pixels.ndim == 2 else pixels[..., 0]
-            y = colour.rgb_to_y(np.repeat(grey[..., None], 3, axis=2))
-            out = colour.ycbcr_to_rgb(
-                np.dstack([self.sr_plane(y, tile), np.full((h * self.scale, w * self.scale, 2), 128.0)])
-            )[..., 0]
-            base = colour.to_uint8(out)
-        else:
-            base = self.upscale_rgb(pixels[..., :3], tile)
-        if pixels.ndim == 3 and pixels.shape[2] in (2, 4):
-            alpha = upscale_bicubic_plane(pixels[..., -1], self.scale)
-            return np.dstack([base, alpha])
-        return base
+        return assemble(pixels, self.sr_plane(luma(pixels), tile), self.scale)
+
+
+def luma(pixels: np.ndarray) -> np.ndarray:
+    """Y plane (0..255) of a uint8 image in any of the L/LA/RGB/RGBA layouts."""
+    if pixels.ndim == 2 or pixels.shape[2] in (1, 2):
+        grey = pixels if pixels.ndim == 2 else pixels[..., 0]
+        return colour.rgb_to_y(np.repeat(grey[..., None], 3, axis=2))
+    return colour.rgb_to_y(pixels[..., :3])
+
+
+def assemble(lr: np.ndarray, y_sr: np.ndarray, scale: int) -> np.ndarray:
+    """SR luma + bicubic chroma (and alpha) in the LR image's channel layout, clamped uint8."""
+    if lr.ndim == 2 or lr.shape[2] in (1, 2):
+        h, w = y_sr.shape
+        neutral = np.full((h, w, 2), 128.0, np.float32)
+        base = colour.to_uint8(colour.ycbcr_to_rgb(np.dstack([y_sr, neutral]))[..., 0])
+    else:
+        ycc = colour.rgb_to_ycbcr(lr[..., :3])
+        base = merge_colour(y_sr, ycc[..., 1:], scale)
+    if lr.ndim == 3 and lr.shape[2] in (2, 4):
+        base = np.dstack([base, upscale_bicubic_plane(lr[..., -1], scale)])
+    return base
 
 
 def merge_colour(y_sr: np.ndarray, cbcr_lr: np.ndarray, scale: int) -> np.ndarray:

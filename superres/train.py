@@ -55,10 +55,6 @@ class TrainConfig:
     workdir: str = ".train"  # checkpoints (not committed)
 
 
-def _y_plane(rgb: np.ndarray) -> np.ndarray:
-    return colour.rgb_to_y(rgb)
-
-
 def build_pairs(
     paths: list[Path], scale: int, downscales: tuple[float, ...]
 ) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -74,7 +70,7 @@ def build_pairs(
             lr_rgb, hr_rgb = protocol_pair(hr, scale)
             if min(lr_rgb.shape[:2]) < 8:
                 continue
-            pairs.append((_y_plane(lr_rgb), _y_plane(hr_rgb)))
+            pairs.append((colour.rgb_to_y(lr_rgb), colour.rgb_to_y(hr_rgb)))
     return pairs
 
 

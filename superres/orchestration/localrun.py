@@ -13,7 +13,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -67,16 +66,10 @@ def ensure_db(env: dict[str, str]) -> None:
     stamp.write_text(airflow_version)
 
 
-def _listening(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex((host, port)) == 0
-
-
 def start_offline_source(settings: Settings, stack: ExitStack) -> str | None:
     """Serve the offline Picsum source if the URL points at a free loopback port."""
     url = urlsplit(settings.picsum_url)
-    if url.hostname not in ("127.0.0.1", "localhost") or _listening(url.hostname, url.port or 80):
+    if url.hostname not in ("127.0.0.1", "localhost") or services.listening(settings.picsum_url):
         return None
     from superres.picsum_server import serve
 

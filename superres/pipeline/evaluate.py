@@ -30,9 +30,8 @@ import numpy as np
 import pyarrow as pa
 
 from superres import images, metrics
-from superres.engine import bicubic_rgb, upscale_bicubic_plane
+from superres.engine import bicubic_rgb, luma, upscale_bicubic_plane
 from superres.evaluate import KEYS, mean_of
-from superres.pipeline.split import lr_luma
 from superres.resize import crop_to_multiple, resize_plane
 
 PSNR_CAP_DB = 200.0
@@ -72,7 +71,7 @@ def bicubic_image(lr: np.ndarray, scale: int) -> np.ndarray:
 
 def bicubic_luma(lr: np.ndarray, scale: int) -> np.ndarray:
     """The protocol's bicubic baseline: LR Y plane upscaled with bicubic, rounded to 8 bits."""
-    y = lr_luma(lr)
+    y = luma(lr)
     h, w = y.shape
     return np.clip(np.rint(resize_plane(y, w * scale, h * scale)), 0, 255)
 
@@ -149,7 +148,7 @@ def evaluate_image(image_id: str, hr_bytes: bytes, sr_png: bytes, lr_png: bytes,
     why = f"the HR photo cropped to a multiple of x{scale}"
     _check_size(image_id, "the SR output", sr, size, why)
     _check_size(image_id, "the LR input", lr, (size[0] // scale, size[1] // scale), f"1/{scale} of {why}")
-    hr_y, sr_y, bic_y = lr_luma(hr), lr_luma(sr), bicubic_luma(lr, scale)
+    hr_y, sr_y, bic_y = luma(hr), luma(sr), bicubic_luma(lr, scale)
     bicubic = bicubic_image(lr, scale)
     return {
         "image_id": image_id,
@@ -169,7 +168,7 @@ def upscale_artifacts(image_id: str, sr_png: bytes, lr_png: bytes, scale: int) -
     want = (lr.shape[0] * scale, lr.shape[1] * scale)
     _check_size(image_id, "the SR output", sr, want, f"x{scale} the LR input")
     bicubic = bicubic_image(lr, scale)
-    window = texture_window(lr_luma(bicubic))
+    window = texture_window(luma(bicubic))
     return {
         "image_id": image_id,
         "bicubic_png": images.encode_png(bicubic),

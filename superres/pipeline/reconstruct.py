@@ -8,22 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from superres import colour, images, tiling
-from superres.engine import UNIT, merge_colour, upscale_bicubic_plane
-
-
-def assemble(lr: np.ndarray, y_sr: np.ndarray, scale: int) -> np.ndarray:
-    """SR luma + bicubic chroma (and alpha) in the LR image's channel layout, clamped uint8."""
-    if lr.ndim == 2 or lr.shape[2] in (1, 2):
-        h, w = y_sr.shape
-        neutral = np.full((h, w, 2), 128.0, np.float32)
-        base = colour.to_uint8(colour.ycbcr_to_rgb(np.dstack([y_sr, neutral]))[..., 0])
-    else:
-        ycc = colour.rgb_to_ycbcr(lr[..., :3])
-        base = merge_colour(y_sr, ycc[..., 1:], scale)
-    if lr.ndim == 3 and lr.shape[2] in (2, 4):
-        base = np.dstack([base, upscale_bicubic_plane(lr[..., -1], scale)])
-    return base
+from superres import images, tiling
+from superres.engine import UNIT, assemble
 
 
 def reconstruct_image(

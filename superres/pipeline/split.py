@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from superres import colour, images, tiling
-from superres.engine import UNIT
+from superres.engine import UNIT, luma
 from superres.resize import crop_to_multiple, downscale
 
 IMAGE_SCHEMA = pa.schema([
@@ -48,14 +48,6 @@ def make_lr(pixels: np.ndarray, mode: str, scale: int) -> np.ndarray:
     return colour.to_uint8(downscale(crop_to_multiple(pixels, scale).astype(np.float32), scale))
 
 
-def lr_luma(lr: np.ndarray) -> np.ndarray:
-    """Y plane (0..255) of an LR image in any of the L/LA/RGB/RGBA layouts."""
-    if lr.ndim == 2 or lr.shape[2] in (1, 2):
-        grey = lr if lr.ndim == 2 else lr[..., 0]
-        return colour.rgb_to_y(np.repeat(grey[..., None], 3, axis=2))
-    return colour.rgb_to_y(lr[..., :3])
-
-
 def split_image(
     image_id: str, data: bytes, *, mode: str, scale: int, tile: int, halo: int, max_pixels: int,
 ) -> dict[str, Any]:
@@ -80,7 +72,7 @@ def split_image(
 def tiles_of(image: dict[str, Any]) -> list[dict[str, Any]]:
     """Halo tile records of an ``ok`` image row, with per-tile min/max for the quality gate."""
     lr = images.decode(image["lr_png"]).pixels
-    unit = lr_luma(lr) / UNIT  # tiles hold the network's input domain, Y in [0, 1]
+    unit = luma(lr) / UNIT  # tiles hold the network's input domain, Y in [0, 1]
     _, tiles = tiling.split(unit, image["image_id"], int(image["tile"]), int(image["halo"]))
     out = []
     for t in tiles:
