@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "SUPERRES_"
@@ -63,6 +64,15 @@ class Settings:
     mode: str = "evaluate"
     batch_size: int = 16
     device: str = "auto"
+
+    # One run writes a date at a time (superres.orchestration.lease): how long a lease lives
+    # without renewal, and how long a second run of the same date waits for it.
+    lease_ttl_s: int = 7200
+    lease_wait_s: int = 3600
+    lease_poll_s: float = 10.0
+
+    # Pid files and logs of the local services `make up` / `make run` start.
+    run_dir: str = str(PROJECT_ROOT / ".run")
 
     # Airflow connection ids.
     aws_conn_id: str = "aws_default"
@@ -111,12 +121,39 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
     def public(self) -> dict[str, Any]:
-        """A JSON-able view for reports and logs, with secrets masked."""
+        """A JSON-able view for reports and logs, with secrets masked.
+
+        Secrets become ``***``, and so does a password inside a URL
+        (``http://user:***@host``); :func:`superres.orchestration.run.settings_of`
+        takes masked fields back from the environment.
+        """
         out = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            out[f.name] = ("***" if v else "") if isinstance(v, Secret) else v
+            if isinstance(v, Secret):
+                out[f.name] = "***" if v else ""
+            elif isinstance(v, str):
+                out[f.name] = mask_url_password(v)
+            else:
+                out[f.name] = v
         return out
+
+
+MASK = "***"
+
+
+def mask_url_password(value: str) -> str:
+    """``scheme://user:***@host/...`` for a URL that carries a password; anything else as is."""
+    parts = urlsplit(value)
+    if not parts.scheme or parts.password is None:
+        return value
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, f"{parts.username or ''}:{MASK}@{host}", parts.path, parts.query,
+                       parts.fragment))
+
+
+def is_masked(value: Any) -> bool:
+    return isinstance(value, str) and (value == MASK or f":{MASK}@" in value)
 
 
 def _coerce(f: dataclasses.Field, raw: Any) -> Any:

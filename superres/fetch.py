@@ -7,14 +7,21 @@ stored: good photos land in ``raw/ds=…/<image_id>.<ext>``; anything else goes
 to ``quarantine/ds=…/<image_id>.bin`` with a record saying why.  Nothing is
 dropped silently: ``requested == len(images) + len(quarantined)``.
 
-Network hygiene: connect/read timeouts, bounded retries with exponential
-backoff (``Retry-After`` honoured, capped), a concurrency limit, a body-size
-cap, and redirects followed only to the source's own host or an allow-listed
-CDN host (``Settings.picsum_allowed_hosts``).
+Network hygiene: connect/read timeouts, a deadline for the whole body (a
+server trickling bytes just inside the read timeout cannot hold a worker
+forever), bounded retries with exponential backoff (``Retry-After`` honoured,
+capped), a concurrency limit, a body-size cap, and redirects followed only to
+the source's own host or an allow-listed CDN host
+(``Settings.picsum_allowed_hosts``).
+
+What counts as usable depends on the run: :func:`min_side` is the smallest
+photo the configured mode and scale can process end to end, so nothing that
+would fail in Spark is let through to it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import email.utils
 import hashlib
@@ -32,6 +39,7 @@ from typing import Any
 from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
 import requests
+import urllib3
 
 from superres import __version__, images
 from superres.config import Settings
@@ -46,7 +54,8 @@ MAX_REDIRECTS = 5
 MAX_BACKOFF_S = 30.0
 MAX_RETRY_AFTER_S = 60.0  # a server asking for longer than this gets this
 MAX_BODY_BYTES = 64 * 1024 * 1024
-MIN_SIDE = 16  # smaller photos are useless for super-resolution
+SSIM_WINDOW = 11  # superres.metrics.ssim's Gaussian window: evaluate mode needs room for one
+BODY_DEADLINE_FACTOR = 6  # a body must be complete within this many read timeouts
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif", "PPM": "ppm"}
@@ -65,12 +74,13 @@ class RequestFailed(Exception):
     """One request failed for good; ``reason`` is a stable code for quarantine records."""
 
     def __init__(self, reason: str, message: str, body: bytes = b"", retryable: bool = False,
-                 retry_after: float | None = None) -> None:
+                 retry_after: float | None = None, status: int | None = None) -> None:
         super().__init__(message)
         self.reason = reason
         self.body = body
         self.retryable = retryable
         self.retry_after = retry_after
+        self.status = status  # the HTTP status, when a response (or part of one) arrived
 
 
 @dataclass(frozen=True)
@@ -179,6 +189,20 @@ def parse_listing(payload: Any, where: str) -> list[Listed]:
     return out
 
 
+def min_side(mode: str, scale: int) -> int:
+    """The smallest side (px) a photo may have to be processable in ``mode`` at ``scale``.
+
+    ``upscale`` runs any decodable image (a 1x1 photo becomes scale x scale).
+    ``evaluate`` crops the photo to a multiple of ``scale``, and PSNR/SSIM shave
+    ``scale`` pixels off every border of that: an SSIM window must still fit, or
+    the Spark evaluate stage would fail on the photo.
+    """
+    if mode == "upscale":
+        return 1
+    need = SSIM_WINDOW + 2 * scale
+    return -(-need // scale) * scale
+
+
 def backoff_delay(attempt: int, base_s: float, retry_after: float | None, rng: random.Random) -> float:
     """Seconds to wait before retry ``attempt`` (0-based): Retry-After if given, else jittered 2^n."""
     if retry_after is not None:
@@ -217,6 +241,7 @@ class Client:
         if urlsplit(self.base_url).scheme not in ("http", "https") or not urlsplit(self.base_url).hostname:
             raise ValueError(f"picsum_url must be an http(s) URL, got {redact_url(self.base_url)!r}")
         self.timeout = (settings.fetch_timeout_s, settings.fetch_timeout_s)
+        self.body_deadline_s = settings.fetch_timeout_s * BODY_DEADLINE_FACTOR
         self.retries = max(0, settings.fetch_retries)
         self.backoff_s = max(0.0, settings.fetch_backoff_s)
         self.allowed = parse_allowed_hosts(settings.picsum_allowed_hosts)
@@ -284,36 +309,67 @@ class Client:
                         f"http_{resp.status_code}", f"HTTP {resp.status_code} from {redact_url(current)}",
                         body=body, retryable=resp.status_code in RETRY_STATUSES,
                         retry_after=parse_retry_after(resp.headers.get("Retry-After")),
+                        status=resp.status_code,
                     )
                 return Reply(resp.status_code, resp.headers, body, current)
         raise RequestFailed("too_many_redirects",
                             f"more than {MAX_REDIRECTS} redirects from {redact_url(url)}")
 
-    @staticmethod
-    def _read_body(resp: requests.Response, url: str) -> bytes:
+    def _read_body(self, resp: requests.Response, url: str) -> bytes:
+        status = resp.status_code
         declared = resp.headers.get("Content-Length")
         expected = int(declared) if declared and declared.isdigit() else None
         if expected is not None and expected > MAX_BODY_BYTES:
             raise RequestFailed("too_large", f"{redact_url(url)} declares {expected} bytes "
-                                f"(limit {MAX_BODY_BYTES})")
+                                f"(limit {MAX_BODY_BYTES})", status=status)
+        # The read timeout bounds each wait for bytes, not the body: a server sending a byte
+        # just inside it would never time out.  At the deadline the socket's read side is
+        # shut down (urllib3's HTTPResponse.shutdown), which ends the blocked read at once.
+        expired = threading.Event()
+
+        def stop_reading() -> None:
+            expired.set()
+            with contextlib.suppress(Exception):  # already finished or released: nothing to stop
+                resp.raw.shutdown()
+
+        def too_slow(body: bytes) -> RequestFailed:
+            return RequestFailed("timeout", f"{redact_url(url)}: the body was not complete within "
+                                 f"{self.body_deadline_s:g} s (got {len(body)} bytes)",
+                                 body=body, retryable=True, status=status)
+
+        watchdog = threading.Timer(self.body_deadline_s, stop_reading)
+        watchdog.daemon = True
+        watchdog.start()
         chunks, size = [], 0
         try:
             for chunk in resp.iter_content(chunk_size=65536):
                 size += len(chunk)
                 if size > MAX_BODY_BYTES:
                     raise RequestFailed("too_large",
-                                        f"{redact_url(url)} sent more than {MAX_BODY_BYTES} bytes")
+                                        f"{redact_url(url)} sent more than {MAX_BODY_BYTES} bytes",
+                                        status=status)
                 chunks.append(chunk)
-        except requests.exceptions.ChunkedEncodingError as exc:
-            raise RequestFailed("truncated", f"{redact_url(url)}: body ended early: {exc}",
-                                body=b"".join(chunks), retryable=True) from exc
         except requests.exceptions.RequestException as exc:
+            body = b"".join(chunks)
+            if expired.is_set():
+                raise too_slow(body) from exc
+            cause = exc.args[0] if exc.args else None
+            if isinstance(cause, urllib3.exceptions.ReadTimeoutError):
+                raise RequestFailed("timeout", f"{redact_url(url)}: timed out reading the body: {exc}",
+                                    body=body, retryable=True, status=status) from exc
+            if isinstance(exc, requests.exceptions.ChunkedEncodingError):
+                raise RequestFailed("truncated", f"{redact_url(url)}: body ended early: {exc}",
+                                    body=body, retryable=True, status=status) from exc
             raise RequestFailed("connection_error", f"{redact_url(url)}: reading the body failed: {exc}",
-                                body=b"".join(chunks), retryable=True) from exc
+                                body=body, retryable=True, status=status) from exc
+        finally:
+            watchdog.cancel()
         body = b"".join(chunks)
+        if expired.is_set():
+            raise too_slow(body)
         if expected is not None and not resp.headers.get("Content-Encoding") and len(body) < expected:
             raise RequestFailed("truncated", f"{redact_url(url)}: got {len(body)} of {expected} bytes",
-                                body=body, retryable=True)
+                                body=body, retryable=True, status=status)
         return body
 
 
@@ -381,19 +437,26 @@ def _quarantine(photo: Listed, url: str, reason: str, message: str, body: bytes,
     return Outcome(quarantine=record, body=body)
 
 
-def check_body(photo: Listed, reply: Reply, max_pixels: int) -> images.Decoded:
-    """Decode and sanity-check one response body; ImageError says why it is unusable."""
+def check_body(photo: Listed, reply: Reply, settings: Settings) -> images.Decoded:
+    """Decode and sanity-check one response body; ImageError says why it is unusable.
+
+    Everything the later (Spark) stages would reject is rejected here, so no
+    Spark work is spent on it: undecodable or odd bodies, a missing or non-image
+    Content-Type, the wrong photo, and photos too small for the run's mode.
+    """
     ctype = (reply.headers.get("Content-Type") or "").split(";")[0].strip().lower()
     try:
-        dec = images.decode(reply.body, max_pixels=max_pixels)
+        dec = images.decode(reply.body, max_pixels=settings.max_pixels)
     except images.ImageError as exc:
         raise images.ImageError(exc.reason, f"{exc} (Content-Type {ctype or 'missing'})") from exc
     if not ctype:
         raise images.ImageError("missing_content_type", f"{dec.format} body without a Content-Type")
     if not ctype.startswith("image/"):
         raise images.ImageError("bad_content_type", f"{dec.format} body served as {ctype!r}")
-    if min(dec.width, dec.height) < MIN_SIDE:
-        raise images.ImageError("too_small", f"{dec.width}x{dec.height} is smaller than {MIN_SIDE} px a side")
+    smallest = min_side(settings.mode, settings.scale)
+    if min(dec.width, dec.height) < smallest:
+        raise images.ImageError("too_small", f"{dec.width}x{dec.height} is smaller than {smallest} px a "
+                                f"side, the least {settings.mode} mode can use at x{settings.scale}")
     served = reply.headers.get("Picsum-ID")
     if served is not None and served.strip() != photo.picsum_id:
         raise images.ImageError("wrong_photo", f"asked for photo {photo.picsum_id}, got Picsum-ID {served!r}")
@@ -407,10 +470,9 @@ def fetch_one(http: Client, settings: Settings, ds: str, photo: Listed) -> Outco
     try:
         reply = http.get(url)
     except RequestFailed as exc:
-        status = int(exc.reason[5:]) if exc.reason.startswith("http_") else None
-        return _quarantine(photo, url, exc.reason, str(exc), exc.body, status)
+        return _quarantine(photo, url, exc.reason, str(exc), exc.body, exc.status)
     try:
-        dec = check_body(photo, reply, settings.max_pixels)
+        dec = check_body(photo, reply, settings)
     except images.ImageError as exc:
         return _quarantine(photo, reply.url, exc.reason, str(exc), reply.body, reply.status)
     except Exception as exc:  # a decoder bug on hostile bytes: keep the evidence, fetch the rest
@@ -476,9 +538,14 @@ def fetch_partition(settings: Settings, ds: str, storage: Storage,
 
     good = [o for o in outcomes if o.image is not None]
     bad = [o for o in outcomes if o.quarantine is not None]
+    # Whatever the source answered is kept for inspection, even an empty 200 body; a photo
+    # that never got an answer (connection refused, redirect refused) has nothing to keep.
+    kept = [o for o in bad if o.quarantine and (o.body or o.quarantine.get("http_status") is not None)]
+    kept_ids = {id(o) for o in kept}
     for o in bad:
         assert o.quarantine is not None
-        o.quarantine["key"] = f"{quarantine_prefix(ds)}{o.quarantine['image_id']}.bin" if o.body else None
+        o.quarantine["key"] = (f"{quarantine_prefix(ds)}{o.quarantine['image_id']}.bin"
+                               if id(o) in kept_ids else None)
     quarantined = [o.quarantine for o in bad]
     requested = len(chosen)
     ratio = len(good) / requested if requested else 0.0
@@ -498,7 +565,7 @@ def fetch_partition(settings: Settings, ds: str, storage: Storage,
     assert requested == len(manifest["images"]) + len(quarantined), "fetch lost track of a photo"
 
     # Quarantine and its report first, so a failing run still leaves the evidence.
-    q_files = {f"{o.quarantine['image_id']}.bin": o.body for o in bad if o.body and o.quarantine}
+    q_files = {f"{o.quarantine['image_id']}.bin": o.body for o in kept if o.quarantine}
     q_files["_quarantine.json"] = _json_bytes({"ds": ds, "quarantined": quarantined})
     storage.replace_partition(quarantine_prefix(ds), q_files)
     storage.write_json(report_key(ds), {"ds": ds, "requested": requested, "quarantined": quarantined})

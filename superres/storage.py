@@ -127,6 +127,14 @@ class Storage(abc.ABC):
         """Create or overwrite one object (readers see the old or the new bytes, never half)."""
 
     @abc.abstractmethod
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        """Create ``key`` only if it does not exist (atomically); False if it already did.
+
+        The one compare-and-set both backends offer (O_EXCL, S3 ``If-None-Match: *``):
+        what leases are built on.
+        """
+
+    @abc.abstractmethod
     def exists(self, key: str) -> bool: ...
 
     @abc.abstractmethod
@@ -225,6 +233,19 @@ class LocalStorage(Storage):
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{_TMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
+        try:
+            tmp.write_bytes(data)
+            os.link(tmp, path)  # atomic, and fails if the name exists: readers never see half
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
+        return True
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -396,6 +417,22 @@ class S3Storage(Storage):
         ctype = content_type or mimetypes.guess_type(full)[0] or "application/octet-stream"
         self._call("write", full, self.client.put_object, Bucket=self.bucket, Key=full,
                    Body=bytes(data), ContentType=ctype)
+
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        full = self._key(key)
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=full, Body=bytes(data), IfNoneMatch="*",
+                                   ContentType="application/json")
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            raise self._error(exc, "create", full) from None
+        except BotoCoreError as exc:
+            raise self._error(exc, "create", full) from None
+        return True
 
     def exists(self, key: str) -> bool:
         full = self._key(key)

@@ -45,7 +45,7 @@ def airflow_env(base: dict[str, str] | None = None) -> dict[str, str]:
         env["SUPERRES_CALLBACK_SECRET"] = services.callback_secret(home)
     env.setdefault("NOTIFIER_SECRET", env["SUPERRES_CALLBACK_SECRET"])
     env.setdefault("NOTIFIER_STORAGE_URI", settings.storage_uri)
-    env.setdefault("NOTIFIER_DB", str(services.RUN_DIR / "notifier.sqlite"))
+    env.setdefault("NOTIFIER_DB", str(Path(settings.run_dir) / "notifier.sqlite"))
     bin_dir = str(Path(sys.executable).parent)
     if bin_dir not in env.get("PATH", "").split(os.pathsep):
         env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
@@ -113,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     env = airflow_env()
     settings = Settings.from_env(env)
     ensure_db(env)
-    log_dir = PROJECT_ROOT / ".run"
-    log_dir.mkdir(exist_ok=True)
+    log_dir = Path(settings.run_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"dags-test-{ds}.log"
     url = settings.notifier_url
     status = services.start("notifier", services.notifier_cmd(url), url, env)

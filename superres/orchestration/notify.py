@@ -26,7 +26,19 @@ log = logging.getLogger(__name__)
 
 IDEMPOTENCY_HEADER = "X-Idempotency-Key"
 CALLBACK_PATH = "/api/callbacks"
+# Answers worth retrying: the notifier is down, overloaded or restarting.  Any other refusal
+# (400 bad event, 401 signature/secret, 404 wrong URL, 409 conflict, 413 too large, a 3xx)
+# will be the same next time, so the task fails at once instead of retrying for minutes.
+RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 PIPELINE_TASKS = ("resolve", "fetch", "split", "inference", "reconstruct", "quality", "evaluate", "report")
+
+
+class DeliveryFailed(RuntimeError):
+    """The notifier did not take the event; ``retryable`` says whether trying again can help."""
+
+    def __init__(self, message: str, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 def _maybe_json(storage: Storage, key: str) -> Any:
@@ -109,18 +121,23 @@ def resolve_secret(settings: Settings, conn_password: str | None) -> str:
 
 
 def deliver_via_airflow(event: dict[str, Any], settings: Settings) -> int:
-    """POST through the Airflow HTTP connection; raises (so Airflow retries) unless 2xx."""
+    """POST through the Airflow HTTP connection; :class:`DeliveryFailed` unless 2xx."""
+    import requests
     from airflow.providers.http.hooks.http import HttpHook
 
     hook = HttpHook(method="POST", http_conn_id=settings.notifier_conn_id)
     conn = hook.get_connection(settings.notifier_conn_id)
     secret = resolve_secret(settings, conn.password)
     body = encode(event)
-    resp = hook.run(
-        endpoint=CALLBACK_PATH, data=body,
-        headers=signed_headers(body, secret, event["idempotency_key"]),
-        extra_options={"timeout": 15, "allow_redirects": False, "check_response": False},
-    )
+    try:
+        resp = hook.run(
+            endpoint=CALLBACK_PATH, data=body,
+            headers=signed_headers(body, secret, event["idempotency_key"]),
+            extra_options={"timeout": 15, "allow_redirects": False, "check_response": False},
+        )
+    except requests.exceptions.RequestException as exc:
+        raise DeliveryFailed(f"cannot reach the notifier ({settings.notifier_conn_id} connection, "
+                             f"host {conn.host}): {type(exc).__name__}", retryable=True) from exc
     return _check(resp)
 
 
@@ -128,7 +145,9 @@ def _check(resp: Any) -> int:
     if 200 <= resp.status_code < 300:
         log.info("notifier answered %s: %s", resp.status_code, resp.text[:200])
         return resp.status_code
-    raise RuntimeError(f"notifier refused the callback: HTTP {resp.status_code} {resp.text[:300]}")
+    retryable = resp.status_code in RETRYABLE_STATUSES or resp.status_code >= 500
+    raise DeliveryFailed(f"notifier refused the callback: HTTP {resp.status_code} {resp.text[:300].strip()}",
+                         retryable=retryable)
 
 
 def failed_tasks_of(ti: Any, dag_id: str, run_id: str) -> list[str]:
@@ -150,13 +169,39 @@ def notify(run: dict[str, Any] | None, context: dict[str, Any]) -> dict[str, Any
     settings = load()
     if run is None:  # resolve itself failed: there is no date to read reports from
         raise RuntimeError(f"run {run_id} failed before its date was resolved; tasks failed: {failed}")
-    from superres.orchestration.tasks import storage_for
+    from superres.orchestration.lease import LeaseHeld
+    from superres.orchestration.tasks import hold_date, release_date, storage_for
 
     storage = storage_for(run)
     key = f"{run_id}#{getattr(dag_run, 'clear_number', 0) or 0}"
-    event = build_event(run, storage, failed, dag_id, key)
-    storage.write_json(layout.report_key(run["ds"], "event.json"), event)
-    status = deliver_via_airflow(event, settings)
+    try:
+        hold_date(run, storage, wait_s=0)
+    except LeaseHeld as exc:
+        # This run never got the date (its fetch timed out waiting): the date's reports
+        # belong to the other run, so there is nothing of ours to record or announce.
+        log.warning("not notifying: %s", exc)
+        return {"state": "skipped", "failed_tasks": failed, "status": None}
+    keep_date = False
+    try:
+        event = build_event(run, storage, failed, dag_id, key)
+        storage.write_json(layout.report_key(run["ds"], "event.json"), event)
+        try:
+            status = deliver_via_airflow(event, settings)
+        except DeliveryFailed as exc:
+            saved = storage.uri(layout.report_key(run["ds"], "event.json"))
+            if exc.retryable:  # Airflow retries the task (retries and backoff: see the DAG)
+                # Hold the date while a retry is coming: a next run of it would clear
+                # reports/ (this event included) before the event got through.
+                keep_date = ti.try_number <= (getattr(ti, "max_tries", 0) or 0)
+                raise DeliveryFailed(f"{exc}; the event is saved in {saved}", retryable=True) from exc
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException(
+                f"{exc}. Retrying cannot help; the event is saved in {saved}: fix the notifier or the "
+                f"secret, then run `make notify DATE={run['ds']}`") from exc
+    finally:
+        if not keep_date:  # the run's last write is done: the next run of this date may start
+            release_date(run, storage)
     return {"state": event["state"], "failed_tasks": failed, "status": status}
 
 
@@ -172,6 +217,8 @@ def redeliver(ds: str, url: str, secret: str, storage: Storage) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import requests
+
     p = argparse.ArgumentParser(description="Re-deliver a run's saved callback event to the notifier.")
     p.add_argument("--date", required=True)
     p.add_argument("--url", default=None, help="notifier base URL (default: SUPERRES_NOTIFIER_URL)")
@@ -180,7 +227,15 @@ def main(argv: list[str] | None = None) -> int:
     s = load()
     url = args.url or s.notifier_url
     storage = open_storage(s.storage_uri, aws_conn_id=None)
-    status = redeliver(args.date, url, resolve_secret(s, None), storage)
+    try:
+        status = redeliver(args.date, url, resolve_secret(s, None), storage)
+    except ObjectNotFound:
+        print(f"error: no saved event for ds={args.date} in {storage.uri(layout.reports_prefix(args.date))}/ "
+              "(the run has not reached its notify task)", file=sys.stderr)
+        return 1
+    except (DeliveryFailed, requests.exceptions.RequestException) as exc:
+        print(f"error: event for ds={args.date} not delivered to {url}: {exc}", file=sys.stderr)
+        return 1
     print(f"event for ds={args.date} delivered to {url}: HTTP {status}")
     return 0
 

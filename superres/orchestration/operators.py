@@ -4,10 +4,16 @@ It builds the job's arguments from the ``resolve`` task's XCom at run time,
 points spark-submit at this environment's Python and Spark when nothing else
 is configured, and hands S3 credentials from the Airflow AWS connection to the
 job through its process environment (never on the command line or in logs).
+
+Before submitting it renews the date's lease (one run writes a date at a time),
+and when Airflow kills the task (SIGTERM -> ``on_kill``) it stops the whole
+spark-submit process tree, JVM and Python workers included, so nothing is left
+running or writing after the task is gone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -17,6 +23,10 @@ from typing import Any
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 
 from superres.orchestration.run import settings_of
+
+# How long the JVM gets to run its shutdown hooks (stop the SparkContext, remove
+# temp dirs, stop Python workers) after SIGTERM before the tree is SIGKILLed.
+KILL_GRACE_S = 20.0
 
 JOBS_DIR = Path(__file__).resolve().parents[2] / "spark_jobs"
 
@@ -68,6 +78,7 @@ class SparkJobOperator(SparkSubmitOperator):
         super().__init__(**kwargs)
         self.job = job
         self.run_task_id = run_task_id
+        self._killed = False
 
     def execute(self, context: Any) -> None:
         run = context["ti"].xcom_pull(task_ids=self.run_task_id)
@@ -85,4 +96,43 @@ class SparkJobOperator(SparkSubmitOperator):
         if not self._spark_binary:
             self._spark_binary = _spark_submit_binary()
         self._conn_id = s.spark_conn_id
+        from superres.orchestration.tasks import hold_date
+
+        hold_date(run)
+        self._killed = False
         super().execute(context)
+        if self._killed:
+            # The JVM may exit 0 on SIGTERM; a job we stopped must never count as done.
+            raise RuntimeError(f"spark job {self.job!r} was stopped by a kill signal before it finished")
+
+    def on_kill(self) -> None:
+        self._killed = True
+        proc = getattr(self._hook, "_submit_sp", None) if self._hook is not None else None
+        if proc is not None and proc.poll() is None:
+            self.log.info("stopping spark-submit (pid %s) and its process tree", proc.pid)
+            stop_process_tree(proc.pid, KILL_GRACE_S)
+        super().on_kill()  # cluster-side kills (standalone driver, YARN, K8s)
+
+
+def stop_process_tree(pid: int, grace_s: float) -> list[int]:
+    """SIGTERM ``pid`` and every descendant, then SIGKILL what is left after ``grace_s``.
+
+    Descendants are collected first: once the JVM exits its Python workers are
+    re-parented and could no longer be found from ``pid``.  Returns the pids signalled.
+    """
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(alive, timeout=5)
+    return [p.pid for p in procs]

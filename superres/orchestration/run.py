@@ -8,9 +8,10 @@ manual triggers without a logical date all get a date.
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from typing import Any
 
-from superres.config import Settings, load
+from superres.config import Settings, is_masked, load
 from superres.pipeline.layout import check_ds
 
 # The params a user can set in the trigger form, and the Settings fields they map to.
@@ -38,10 +39,17 @@ def describe_run(params: dict[str, Any], run_id: str, logical_date: Any, run_aft
     """Settings (env + params) and the run's identity, as the XCom every task reads."""
     settings = (base or load()).override({k: params.get(k) for k in RUN_PARAMS})
     ds = resolve_ds(params.get("ds"), logical_date, run_after)
-    return {"ds": ds, "run_id": run_id, "settings": settings.public()}
+    # run_id is unique within one Airflow, not across two (e.g. dag.test in two homes):
+    # the token makes the date lease's owner unique everywhere.
+    return {"ds": ds, "run_id": run_id, "token": uuid.uuid4().hex[:12], "settings": settings.public()}
+
+
+def lease_owner(run: dict[str, Any]) -> str:
+    """Who holds the date's lease: this DAG run (see superres.orchestration.lease)."""
+    return f"{run['run_id']}#{run.get('token', '')}"
 
 
 def settings_of(run: dict[str, Any]) -> Settings:
     """Rebuild Settings from a run description; secrets come back from the environment."""
-    public = {k: v for k, v in run["settings"].items() if k != "callback_secret"}
+    public = {k: v for k, v in run["settings"].items() if not is_masked(v) and k != "callback_secret"}
     return load().override(public)

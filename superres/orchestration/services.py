@@ -1,8 +1,10 @@
 """Long-running local services for the embedded setup: start once, reuse, stop cleanly.
 
-Each service runs in its own process group with a pid file under ``.run/``;
-``stop`` signals exactly the groups this module started (``make down`` stops
-what ``make up`` / ``make run`` started, and only that).
+Each service runs in its own process group with a pid file under ``.run/``
+(``SUPERRES_RUN_DIR``); ``stop`` signals exactly the groups this module started
+(``make down`` stops what ``make up`` / ``make run`` started, and only that).
+A port that answers but was not started from this checkout is never reused: it
+may be another checkout's notifier, serving other storage.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from superres.config import PROJECT_ROOT
+from superres.config import PROJECT_ROOT, Settings
 
-RUN_DIR = PROJECT_ROOT / ".run"
+
+def run_dir() -> Path:
+    return Path(Settings.from_env().run_dir)
 
 
 def listening(url: str) -> bool:
@@ -30,7 +34,17 @@ def listening(url: str) -> bool:
 
 
 def pid_file(name: str) -> Path:
-    return RUN_DIR / f"{name}.pid"
+    return run_dir() / f"{name}.pid"
+
+
+def ours(name: str) -> bool:
+    """Whether this checkout started ``name`` and it is still running."""
+    path = pid_file(name)
+    try:
+        pid = int(path.read_text().strip() or 0)
+    except (FileNotFoundError, ValueError):
+        return False
+    return pid > 0 and alive(pid)
 
 
 def alive(pid: int) -> bool:
@@ -42,11 +56,17 @@ def alive(pid: int) -> bool:
 
 
 def start(name: str, cmd: list[str], url: str, env: dict[str, str], timeout_s: float = 60.0) -> str:
-    """Start ``cmd`` detached unless something already answers at ``url``; returns a status word."""
+    """Start ``cmd`` detached unless we already run it at ``url``; returns a status word."""
     if listening(url):
-        return "reused"
-    RUN_DIR.mkdir(exist_ok=True)
-    log = (RUN_DIR / f"{name}.log").open("ab")
+        if ours(name):
+            return "reused"
+        raise RuntimeError(
+            f"{url} is already answering, but not from a {name} this checkout started "
+            f"(no live pid in {pid_file(name)}). Stop that process, or point this checkout "
+            f"elsewhere (SUPERRES_{name.upper()}_URL / SUPERRES_RUN_DIR).")
+    folder = run_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    log = (folder / f"{name}.log").open("ab")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True, cwd=PROJECT_ROOT)
     pid_file(name).write_text(str(proc.pid))
@@ -55,7 +75,7 @@ def start(name: str, cmd: list[str], url: str, env: dict[str, str], timeout_s: f
         if listening(url):
             return "started"
         if proc.poll() is not None:
-            raise RuntimeError(f"{name} exited with {proc.returncode}; see {RUN_DIR / (name + '.log')}")
+            raise RuntimeError(f"{name} exited with {proc.returncode}; see {folder / (name + '.log')}")
         time.sleep(0.2)
     raise RuntimeError(f"{name} did not answer at {url} within {timeout_s:.0f}s")
 

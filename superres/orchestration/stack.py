@@ -19,7 +19,6 @@ from superres.config import Settings
 from superres.orchestration import services
 from superres.orchestration.localrun import airflow_env, ensure_db
 
-AIRFLOW_URL = "http://127.0.0.1:8080"
 SERVICES = ("airflow", "notifier", "picsum")
 
 
@@ -47,17 +46,22 @@ def up() -> int:
     env.setdefault("AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL", "30")
     env.setdefault("AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION", "True")
     settings = Settings.from_env(env)
+    airflow_url = f"http://{env['AIRFLOW__API__HOST']}:{env['AIRFLOW__API__PORT']}"
     home = Path(env["AIRFLOW_HOME"])
     ensure_db(env)
     password, new = admin_password(home)
     for name, cmd, url in (
         ("picsum", services.picsum_cmd(settings.picsum_url), settings.picsum_url),
         ("notifier", services.notifier_cmd(settings.notifier_url), settings.notifier_url),
-        ("airflow", [sys.executable, "-m", "airflow", "standalone"], AIRFLOW_URL),
+        ("airflow", [sys.executable, "-m", "airflow", "standalone"], airflow_url),
     ):
-        status = services.start(name, cmd, url, env, timeout_s=240)
-        print(f"{name:<9} {status:<8} {url}   (log: .run/{name}.log)")
-    print(f"\nAirflow UI: {AIRFLOW_URL}  user: admin")
+        try:
+            status = services.start(name, cmd, url, env, timeout_s=240)
+        except RuntimeError as exc:
+            print(f"{name:<9} FAILED   {exc}", file=sys.stderr)
+            return 1
+        print(f"{name:<9} {status:<8} {url}   (log: {settings.run_dir}/{name}.log)")
+    print(f"\nAirflow UI: {airflow_url}  user: admin")
     if new:
         print(f"password (shown once; stored in {home}/simple_auth_manager_passwords.json.generated): "
               f"{password}")

@@ -10,7 +10,8 @@ import logging
 import time
 from typing import Any
 
-from superres.orchestration.run import settings_of
+from superres.orchestration import lease
+from superres.orchestration.run import lease_owner, settings_of
 from superres.pipeline import layout
 from superres.storage import ObjectNotFound, Storage, open_storage
 
@@ -25,12 +26,25 @@ def storage_for(run: dict[str, Any]) -> Storage:
     return open_storage(s.storage_uri, aws_conn_id=conn)
 
 
+def hold_date(run: dict[str, Any], storage: Storage | None = None,
+              wait_s: float | None = None) -> dict[str, Any]:
+    """Take (or renew) the date's lease before writing anything for it; waits for another run."""
+    s = settings_of(run)
+    return lease.hold(storage or storage_for(run), run["ds"], lease_owner(run), ttl_s=s.lease_ttl_s,
+                      wait_s=s.lease_wait_s if wait_s is None else wait_s, poll_s=s.lease_poll_s)
+
+
+def release_date(run: dict[str, Any], storage: Storage | None = None) -> bool:
+    return lease.release(storage or storage_for(run), run["ds"], lease_owner(run))
+
+
 def fetch(run: dict[str, Any]) -> dict[str, Any]:
     """Fetch the date's photos into ``raw/ds=…`` (see superres.fetch)."""
     from superres.fetch import fetch_partition
 
     t0 = time.time()
     storage = storage_for(run)
+    hold_date(run, storage)
     # This run owns the date's reports from here on: drop every report a previous
     # run of the same date left, so nothing stale can be mistaken for this run's.
     storage.delete_prefix(layout.reports_prefix(run["ds"]))
@@ -107,6 +121,7 @@ def build_report(run: dict[str, Any], storage: Storage) -> dict[str, Any]:
 def report(run: dict[str, Any]) -> dict[str, Any]:
     """Write ``reports/ds=…/run.json``; fail the run if the counts do not reconcile."""
     storage = storage_for(run)
+    hold_date(run, storage)
     rep = build_report(run, storage)
     storage.write_json(layout.report_key(run["ds"], "run.json"), rep)
     c = rep["counts"]

@@ -4,6 +4,7 @@
     quarantine/ds=YYYY-MM-DD/<image_id>.bin               rejected bodies, kept for inspection
     sr/ds=YYYY-MM-DD/<image_id>.png                       results
     reports/ds=YYYY-MM-DD/run.json, quality.json, ...     reports
+    locks/ds=YYYY-MM-DD/lease.json                        the run writing this date
     <staging>/<dataset>/ds=YYYY-MM-DD/                    Parquet written by Spark
 
 Every path is derived from a validated date, so one date can never write into
@@ -42,6 +43,14 @@ def sr_prefix(ds: str) -> str:
 
 def reports_prefix(ds: str) -> str:
     return f"reports/ds={check_ds(ds)}"
+
+
+def lease_prefix(ds: str) -> str:
+    return f"locks/ds={check_ds(ds)}/"
+
+
+def lease_key(ds: str) -> str:
+    return f"{lease_prefix(ds)}lease.json"
 
 
 def manifest_key(ds: str) -> str:

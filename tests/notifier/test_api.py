@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
-import time
 from typing import Any
 
 import pytest
@@ -12,8 +10,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from notifier import create_app, db
-from superres.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
-from tests.notifier.helpers import SECRET, encode, key_for, make_event, post_event, variant
+from tests.notifier.helpers import key_for, make_event, post_event, variant
 
 
 def _events(app: Flask) -> int:
@@ -35,82 +32,6 @@ def test_good_callback_is_stored(client: FlaskClient, app: Flask) -> None:
     assert runs[0]["mean"]["psnr"] == pytest.approx(event["metrics"]["mean"]["psnr"])
 
 
-def test_bad_signature_is_rejected(client: FlaskClient, app: Flask) -> None:
-    body = encode(make_event())
-    headers = sign(body, SECRET)
-    tampered = body.replace(b'"failed_tasks": []', b'"failed_tasks": ["x"]')
-    response = post_event(client, body=tampered, signed=False, headers=headers, key="k")
-    assert response.status_code == 401
-    assert response.json["error"] == "bad_signature"
-    assert _events(app) == 0
-
-
-def test_signature_with_wrong_secret_is_rejected(client: FlaskClient) -> None:
-    response = post_event(client, secret="guessed-secret")
-    assert response.status_code == 401
-    assert response.json["error"] == "bad_signature"
-
-
-def test_unsigned_callback_is_rejected(client: FlaskClient, app: Flask) -> None:
-    response = post_event(client, signed=False)
-    assert response.status_code == 401
-    assert response.json == {"error": "missing_signature", "message": f"missing {SIGNATURE_HEADER} header"}
-    assert _events(app) == 0
-
-
-@pytest.mark.parametrize(
-    ("headers", "code"),
-    [
-        ({SIGNATURE_HEADER: "md5=abc"}, "malformed_signature"),
-        ({TIMESTAMP_HEADER: "yesterday"}, "malformed_timestamp"),
-    ],
-)
-def test_malformed_signature_headers(client: FlaskClient, headers: dict[str, str], code: str) -> None:
-    response = post_event(client, headers=headers)
-    assert response.status_code == 401
-    assert response.json["error"] == code
-
-
-@pytest.mark.parametrize("offset", [-301, 301, -7 * 86_400])
-def test_stale_timestamp_is_rejected(client: FlaskClient, app: Flask, offset: int) -> None:
-    response = post_event(client, timestamp=int(time.time()) + offset)
-    assert response.status_code == 401
-    assert response.json["error"] == "stale_timestamp"
-    assert _events(app) == 0
-
-
-def test_replay_under_another_key_is_rejected(client: FlaskClient, app: Flask) -> None:
-    """A captured signed request cannot be re-filed as a new event by changing the unsigned key."""
-    body = encode(make_event())
-    headers = sign(body, SECRET)
-    assert post_event(client, body=body, signed=False, headers=headers, key="run-a").status_code == 201
-    response = post_event(client, body=body, signed=False, headers=headers, key="run-b")
-    assert response.status_code == 409
-    assert response.json["error"] == "replay"
-    assert _events(app) == 1
-
-
-def test_same_event_delivered_twice_is_stored_once(client: FlaskClient, app: Flask) -> None:
-    body = encode(make_event())
-    headers = sign(body, SECRET)
-    first = post_event(client, body=body, signed=False, headers=headers, key="k1")
-    again = post_event(client, body=body, signed=False, headers=headers, key="k1")
-    assert (first.status_code, first.json["status"]) == (201, "stored")
-    assert (again.status_code, again.json["status"]) == (200, "duplicate")
-    assert _events(app) == 1
-    assert len(client.get("/api/runs").json["runs"]) == 1
-
-
-def test_retried_task_that_re_signs_the_same_event_is_a_duplicate(client: FlaskClient, app: Flask) -> None:
-    """An Airflow retry rebuilds the event (new sent_at) and signs it anew: still the same event."""
-    event = make_event()
-    assert post_event(client, event, timestamp=int(time.time()) - 60).status_code == 201
-    retried = variant(event, sent_at="2026-01-05T00:15:00+00:00")
-    response = post_event(client, retried)
-    assert (response.status_code, response.json["status"]) == (200, "duplicate")
-    assert _events(app) == 1
-
-
 def test_same_key_with_different_content_conflicts(client: FlaskClient, app: Flask) -> None:
     event = make_event()
     assert post_event(client, event).status_code == 201
@@ -120,16 +41,6 @@ def test_same_key_with_different_content_conflicts(client: FlaskClient, app: Fla
     assert response.json["error"] == "idempotency_conflict"
     assert _events(app) == 1
     assert client.get("/api/runs").json["runs"][0]["state"] == "success"
-
-
-def test_oversized_body_is_rejected_with_413(client: FlaskClient, app: Flask) -> None:
-    event = make_event()
-    event["padding"] = "x" * (64 * 1024)
-    response = post_event(client, event)
-    assert response.status_code == 413
-    assert response.json["error"] == "body_too_large"
-    assert "65536 bytes" in response.json["message"]
-    assert _events(app) == 0
 
 
 @pytest.mark.parametrize(
@@ -261,37 +172,3 @@ def test_healthz(client: FlaskClient) -> None:
     response = client.get("/healthz")
     assert response.status_code == 200
     assert response.json == {"status": "ok", "database": "ok", "events": 0, "callbacks_enabled": True}
-
-
-def test_secret_never_appears_in_any_response_or_log(
-    client: FlaskClient, app: Flask, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.DEBUG)
-    event = make_event()
-    body = encode(event)
-    headers = sign(body, SECRET)
-    responses = [
-        post_event(client, body=body, signed=False, headers=headers, key="a"),
-        post_event(client, body=body, signed=False, headers=headers, key="a"),
-        post_event(client, body=body, signed=False, headers=headers, key="b"),
-        post_event(client, body=body + b" ", signed=False, headers=headers, key="c"),
-        post_event(client, signed=False),
-        post_event(client, timestamp=1),
-        post_event(client, body=b"{", key="d"),
-        post_event(client, body=b"{}", key="e"),
-        post_event(client, variant(event, padding="x" * 70_000)),
-        client.get("/"),
-        client.get("/runs/" + event["run_id"]),
-        client.get("/runs/unknown"),
-        client.get("/api/runs"),
-        client.get("/api/runs/" + event["run_id"]),
-        client.get("/healthz"),
-        client.get("/images/sr/ds=2026-01-05/101.png"),
-        client.get("/images/../../etc/passwd"),
-        client.get("/no-such-page"),
-    ]
-    for response in responses:
-        assert SECRET.encode() not in response.data
-        assert all(SECRET not in value for value in response.headers.values())
-    assert SECRET not in caplog.text
-    assert SECRET not in repr(app.config)
