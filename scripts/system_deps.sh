@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the system packages the project needs, only when they are missing:
 #   - a Java runtime for Spark (openjdk-17-jre-headless)
-#   - Debian's Chromium for the real-browser tests of the notifier gallery
+#   - with --with-browser (what `make test` passes), the test-only tools:
+#     Debian's Chromium for the real-browser tests of the notifier gallery, and
+#     Debian's docker-compose, whose `config` validates docker-compose.yaml (no Docker engine needed)
 # Idempotent and quick when everything is present.
 set -euo pipefail
 
@@ -9,6 +11,7 @@ need=()
 command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
 if [[ "${1:-}" == "--with-browser" ]]; then
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
+  command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 fi
 ((${#need[@]} == 0)) && exit 0
 
