@@ -127,9 +127,11 @@ def test_local_run_then_rerun_is_idempotent(pipeline_env: dict[str, Any]) -> Non
                          ds, 2, "evaluate")["manifest"]["selected"] == first["manifest"]["selected"]
 
 
-def test_backfill_three_dates_have_their_own_partitions(pipeline_env: dict[str, Any]) -> None:
+def test_backfill_dates_have_their_own_partitions(pipeline_env: dict[str, Any]) -> None:
+    """Dates one after another, as a backfill with max_active_runs=1 runs them (side by side:
+    tests/reliability/test_compute_faults.py); the fetch's date-determinism is unit-tested."""
     storage: Path = pipeline_env["storage"]
-    dates = ["2026-02-01", "2026-02-02", "2026-02-03"]
+    dates = ["2026-02-01", "2026-02-02"]
     for ds in dates:
         run_dag(ds, num_images=2, tile_size=128, mode="upscale")
     chosen = {}
@@ -139,12 +141,9 @@ def test_backfill_three_dates_have_their_own_partitions(pipeline_env: dict[str, 
                             ds, 2, "upscale")
         chosen[ds] = out["manifest"]["selected"]
         assert out["report"]["ds"] == ds
+    assert chosen[dates[0]] != chosen[dates[1]]
     assert sorted(p.name for p in (storage / "sr").iterdir()) == [f"ds={d}" for d in dates]
     assert sorted(p.name for p in (storage / "raw").iterdir()) == [f"ds={d}" for d in dates]
-    # Deterministic choice: rerunning one date picks the same photos.
-    run_dag(dates[1], num_images=2, tile_size=128, mode="upscale")
-    again = json.loads((storage / f"raw/ds={dates[1]}/_manifest.json").read_text())["selected"]
-    assert again == chosen[dates[1]]
 
 
 def test_s3_run_through_moto(pipeline_env: dict[str, Any], s3_bucket: str, aws_env: str,
