@@ -12,13 +12,14 @@ DATE   ?=
 N      ?=
 SCALE  ?=
 
-.PHONY: help setup system-deps run test lint up down notify
+.PHONY: help setup system-deps run test lint up down notify bench
 
 help:
 	@echo "make run    run the main job on the embedded defaults"
 	@echo "make test   lint and run the test suite"
 	@echo "make up     start Airflow (UI on :8080), the notifier and the offline Picsum source"
 	@echo "make down   stop what make up started"
+	@echo "make bench  performance measurements -> benchmarks/results/latest.json (BENCH_ARGS=--help)"
 
 $(PY):
 	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; assert v == (3, 11), f"Python 3.11 is required, found {v[0]}.{v[1]}"'
@@ -55,3 +56,8 @@ lint: $(STAMP)
 test: WITH_BROWSER=1
 test: setup lint
 	$(PY) -m pytest
+
+# `make bench [BENCH_ARGS="--images 16 --dag-n 16 64"]`: every measurement of issue #6, one process tree.
+BENCH_ARGS ?=
+bench: setup
+	$(PY) -m benchmarks.run $(BENCH_ARGS)

@@ -8,23 +8,34 @@ what every tile does, so tiled and whole-image results agree.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from superres import colour, tiling
-from superres.model import FSRCNN, default_weights, load_model, pick_device
 from superres.resize import resize_plane
+
+if TYPE_CHECKING:
+    import torch
+
+    from superres.model import FSRCNN
+
+# torch is imported only where a model runs: the Spark stages that use just the
+# colour/assembly helpers below (split, reconstruct, evaluate) then never pay for it.
 
 UNIT = np.float32(255.0)  # Y on 0..255 <-> the network's [0, 1]
 
 
 def configure_threads(threads: int | None = None) -> int:
     """Match torch's intra-op threads to the cores this process may use."""
+    import torch
+
     if threads is None or threads <= 0:
         env = os.environ.get("SUPERRES_TORCH_THREADS")
         threads = int(env) if env else len(os.sched_getaffinity(0))
@@ -32,18 +43,58 @@ def configure_threads(threads: int | None = None) -> int:
     return torch.get_num_threads()
 
 
+BACKENDS = ("fast", "eager")
+"""Inference backends, all plain PyTorch (so always available):
+
+* ``eager``: the :class:`~superres.model.FSRCNN` module as trained (ConvTranspose2d),
+  whole image in one forward: the reference every other backend is checked against;
+* ``fast``: :class:`~superres.model.FastFSRCNN` (sub-pixel deconvolution, channels-last),
+  run on halo tiles of at most ``work_tile`` LR pixels and forwards of at most
+  ``max_pixels`` so that the 56-channel activations stay in the CPU caches, the
+  forwards spread over the cores (see :meth:`Upscaler.forward_unit`).
+  Same uint8 output as ``eager`` within 1 level (``tests/test_backends.py``).
+
+``auto`` (the default; ``SUPERRES_BACKEND`` overrides it) is ``fast``.
+"""
+WORK_TILE = 192  # LR core size ``fast`` cuts a whole image into (halo tiles are exact)
+MAX_PIXELS = 1 << 16  # input pixels per forward for ``fast``; bigger batches are split
+
+
+def resolve_backend(backend: str | None = None) -> str:
+    """``auto`` (or nothing) means ``SUPERRES_BACKEND`` when set, else ``fast``."""
+    name = (backend or "auto").strip().lower()
+    if name == "auto":
+        name = (os.environ.get("SUPERRES_BACKEND") or "fast").strip().lower()
+        name = "fast" if name == "auto" else name
+    if name not in BACKENDS:
+        raise ValueError(f"unknown inference backend {name!r}; choose one of auto, {', '.join(BACKENDS)}")
+    return name
+
+
 @dataclass
 class Upscaler:
     model: FSRCNN
     batch_size: int = 16
+    backend: str = "auto"
+    work_tile: int = WORK_TILE
+    max_pixels: int = MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        from superres.model import FastFSRCNN
+
+        self.backend = resolve_backend(self.backend)
+        # A snapshot of the weights (rebuild the Upscaler after training changes them).
+        self._net = self.model if self.backend == "eager" else FastFSRCNN(self.model)
 
     @classmethod
     def load(
         cls, scale: int, weights: str | Path | None = None, device: str = "auto",
-        batch_size: int = 16,
+        batch_size: int = 16, backend: str = "auto",
     ) -> Upscaler:
+        from superres.model import default_weights, load_model, pick_device
+
         path = Path(weights) if weights else default_weights(scale)
-        return cls(load_model(path, scale=scale, device=pick_device(device)), batch_size)
+        return cls(load_model(path, scale=scale, device=pick_device(device)), batch_size, backend)
 
     @property
     def scale(self) -> int:
@@ -57,14 +108,50 @@ class Upscaler:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    @torch.inference_mode()
     def forward_unit(self, windows: np.ndarray) -> np.ndarray:
         """N x h x w float32 Y windows in [0, 1] -> N x (h*s) x (w*s) float32, same units.
 
-        This is the network's own domain; the Spark tiles are stored in it.
+        This is the network's own domain; the Spark tiles are stored in it.  ``eager``
+        runs the batch as one forward with torch's intra-op threads.  ``fast`` splits it
+        into forwards of at most ``max_pixels`` and, when torch may use several threads,
+        runs those on as many Python threads with one intra-op thread each: separate
+        tiles on separate cores scale better than one small convolution split across them.
         """
-        x = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32)).to(self.device)
-        return self.model(x.unsqueeze(1)).squeeze(1).cpu().numpy()
+        import torch
+
+        windows = np.ascontiguousarray(windows, dtype=np.float32)
+        n, h, w = windows.shape
+        s = self.scale
+        out = np.empty((n, h * s, w * s), np.float32)
+        if self.backend == "eager":
+            out[:] = self._forward(windows)
+            return out
+        step = max(1, self.max_pixels // max(1, h * w))
+        chunks = [slice(i, min(n, i + step)) for i in range(0, n, step)]
+        workers = min(torch.get_num_threads(), len(chunks)) if self.device.type == "cpu" else 1
+
+        def run(sl: slice) -> None:
+            out[sl] = self._forward(windows[sl])
+
+        if workers <= 1:
+            for sl in chunks:
+                run(sl)
+            return out
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(workers, thread_name_prefix="superres-fwd") as pool:
+                list(pool.map(run, chunks))
+        finally:
+            torch.set_num_threads(threads)
+        return out
+
+    def _forward(self, windows: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            x = torch.from_numpy(windows).to(self.device)
+            return self._net(x.unsqueeze(1)).squeeze(1).cpu().numpy()
 
     def run_windows(self, windows: Sequence[np.ndarray], unit: bool = False) -> list[np.ndarray]:
         """Forward same-shaped windows in batches of ``batch_size``.
@@ -80,11 +167,21 @@ class Upscaler:
                 out.extend(self.forward_unit(batch / UNIT) * UNIT)
         return out
 
+    def whole_image_tile(self, h: int, w: int) -> int:
+        """The core size ``fast`` cuts an h x w image into: at most ``work_tile``, and
+        as even as possible (512 -> 3 x 171, not 192 + 192 + a shifted 192), which
+        keeps the halo overhead low."""
+        return max(math.ceil(n / math.ceil(n / self.work_tile)) for n in (h, w))
+
     def sr_plane(self, plane: np.ndarray, tile: int | None = None) -> np.ndarray:
-        """Super-resolve a Y plane (0..255). ``tile=None`` runs the whole image at once."""
+        """Super-resolve a Y plane (0..255). ``tile=None`` is whole-image SR.
+
+        ``eager`` then runs the whole image in one forward; ``fast`` cuts it into
+        halo tiles of ``work_tile`` (the same result: the halo covers the receptive field).
+        """
         h, w = plane.shape
         if tile is None:
-            tile = max(h, w)
+            tile = max(h, w) if self.backend == "eager" else self.whole_image_tile(h, w)
         _, tiles = tiling.split(plane, "plane", tile, self.halo)
         srs = self.run_windows([t.pixels for t in tiles])
         cores = [(t.y, t.x, tiling.crop_core(t, sr, self.scale)) for t, sr in zip(tiles, srs, strict=True)]

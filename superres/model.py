@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 FORMAT_VERSION = 1
@@ -95,6 +96,78 @@ class FSRCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.deconv(self.body(x))
+
+
+def subpixel_deconv(deconv: nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The exact Conv2d + PixelShuffle form of FSRCNN's transposed convolution.
+
+    ``ConvTranspose2d(C, c, k, stride=s, padding=p, output_padding=s-1)`` maps an
+    ``h x w`` input to ``(h*s) x (w*s)``; output pixel ``s*q + r`` (per axis) is
+    ``sum_j in[q - j] * W[s*j + r + p]`` over the ``j`` that index the kernel.  So
+    every phase ``r`` is an ordinary correlation of the input with a ``K x K``
+    sub-kernel, and the ``s*s`` phases are the channels of one Conv2d that
+    ``pixel_shuffle`` interleaves.  The kernel is made symmetric (zero taps where
+    a phase has fewer) so the Conv2d uses plain ``padding=K//2``; the output size
+    and border handling are then exactly those of the deconvolution.
+
+    Returns ``(weight [c*s*s, C, K, K], bias [c*s*s], padding)``.
+    """
+    w = deconv.weight.detach()  # C_in x C_out x k x k
+    c_in, c_out, k, k2 = w.shape
+    s, p = deconv.stride[0], deconv.padding[0]
+    if (k, s, p) != (k2, deconv.stride[1], deconv.padding[1]) or deconv.output_padding != (s - 1, s - 1):
+        raise ValueError("only square kernels with output_padding = stride - 1 are supported")
+    if deconv.groups != 1 or deconv.dilation != (1, 1):
+        raise ValueError("groups and dilation are not supported")
+    taps = {r: [j for j in range(-k, k + 1) if 0 <= s * j + r + p < k] for r in range(s)}
+    reach = max(max(max(js), -min(js)) for js in taps.values())
+    size = 2 * reach + 1
+    weight = torch.zeros(c_out * s * s, c_in, size, size, dtype=w.dtype, device=w.device)
+    for co in range(c_out):
+        for ry in range(s):
+            for rx in range(s):
+                oc = (co * s + ry) * s + rx  # pixel_shuffle's channel order
+                for jy in taps[ry]:
+                    for jx in taps[rx]:
+                        weight[oc, :, reach - jy, reach - jx] = w[:, co, s * jy + ry + p, s * jx + rx + p]
+    bias = deconv.bias.detach().repeat_interleave(s * s) if deconv.bias is not None else None
+    return weight, bias, reach
+
+
+class FastFSRCNN(nn.Module):
+    """Inference-only form of an FSRCNN: the same function, computed faster on CPU.
+
+    * the 9x9 transposed convolution becomes a small Conv2d + ``pixel_shuffle``
+      (:func:`subpixel_deconv`), which oneDNN runs several times faster;
+    * every tensor is channels-last (NHWC), the layout oneDNN's kernels want,
+      so no reorder happens between layers;
+    * layers are called functionally on detached copies of the weights.
+
+    It is a snapshot: weights are copied when it is built, so rebuild it after
+    the source model changes.  Input and output are NCHW, as for :class:`FSRCNN`.
+    """
+
+    def __init__(self, model: FSRCNN, channels_last: bool = True) -> None:
+        super().__init__()
+        self.spec = model.spec
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        mf = self.memory_format
+        convs = [model.feature[0], model.shrink[0], *model.mapping[0::2], model.expand[0]]
+        prelus = [model.feature[1], model.shrink[1], *model.mapping[1::2], model.expand[1]]
+        self.layers = [
+            (c.weight.detach().clone().contiguous(memory_format=mf), c.bias.detach().clone(),
+             c.padding, a.weight.detach().clone())
+            for c, a in zip(convs, prelus, strict=True)
+        ]
+        weight, bias, pad = subpixel_deconv(model.deconv)
+        self.up = (weight.contiguous(memory_format=mf), bias, pad)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=self.memory_format)
+        for weight, bias, padding, alpha in self.layers:
+            x = F.prelu(F.conv2d(x, weight, bias, padding=padding), alpha)
+        weight, bias, pad = self.up
+        return F.pixel_shuffle(F.conv2d(x, weight, bias, padding=pad), self.spec.scale).contiguous()
 
 
 def pick_device(device: str = "auto") -> torch.device:

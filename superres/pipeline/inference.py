@@ -26,17 +26,22 @@ SR_TILE_SCHEMA = pa.schema([
     ("nonfinite", pa.int32()),
 ])
 
-_WORKER_CACHE: dict[tuple[int, str, int, int], Upscaler] = {}
+_WORKER_CACHE: dict[tuple[int, str, int, int, str], Upscaler] = {}
 
 
 def worker_upscaler(state: bytes, meta: dict[str, Any], device: str, batch_size: int,
-                    threads: int) -> Upscaler:
-    """The worker's cached model: built on first use, reused for every later batch."""
-    key = (hash(state), device, batch_size, threads)
+                    threads: int, backend: str = "auto") -> Upscaler:
+    """The worker's cached model: built on first use, reused for every later batch.
+
+    ``threads`` torch threads per worker (the job passes ``spark.task.cpus``, so
+    concurrent tasks never oversubscribe the cores); ``backend`` as in
+    :data:`superres.engine.BACKENDS`.
+    """
+    key = (hash(state), device, batch_size, threads, backend)
     up = _WORKER_CACHE.get(key)
     if up is None:
         configure_threads(threads)
-        up = Upscaler(model_from_bytes(state, ModelMeta(**meta), device), batch_size)
+        up = Upscaler(model_from_bytes(state, ModelMeta(**meta), device), batch_size, backend)
         _WORKER_CACHE.clear()
         _WORKER_CACHE[key] = up
     return up
@@ -69,3 +74,34 @@ def infer_arrow(batches: Iterator[pa.RecordBatch], up: Upscaler) -> Iterator[pa.
     for batch in batches:
         if batch.num_rows:
             yield pa.RecordBatch.from_pylist(infer_records(batch.to_pylist(), up), schema=SR_TILE_SCHEMA)
+
+
+def run_stage(spark, tiles_path: str, out_path: str, state: bytes, meta: dict[str, Any], *,
+              device: str = "auto", batch_size: int = 16, threads: int = 0, backend: str = "auto",
+              partitions: int = 0) -> dict[str, Any]:
+    """The inference stage on a live session: tiles Parquet -> batched FSRCNN -> SR tiles Parquet.
+
+    ``state`` (the weights file's bytes) is broadcast once; every Python worker
+    rebuilds the model from it once (:func:`worker_upscaler`).  ``threads`` 0 means
+    ``spark.task.cpus``, so concurrent tasks never oversubscribe the cores.  The job
+    ``spark_jobs/inference.py`` and the benchmarks both run exactly this.
+    """
+    sc = spark.sparkContext
+    threads = threads or int(sc.getConf().get("spark.task.cpus", "1"))
+    bc = sc.broadcast(state)
+
+    def infer(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        up = worker_upscaler(bc.value, meta, device, batch_size, threads, backend)
+        return infer_arrow(batches, up)
+
+    from superres.pipeline.spark import spark_schema
+
+    parts = partitions or sc.defaultParallelism
+    tiles = spark.read.parquet(tiles_path)
+    # The split stage writes one file per core already; shuffle only when the layout differs.
+    shuffled = tiles.rdd.getNumPartitions() != parts
+    if shuffled:
+        tiles = tiles.repartition(parts)
+    tiles.mapInArrow(infer, spark_schema(SR_TILE_SCHEMA)).write.mode("overwrite").parquet(out_path)
+    return {"threads": threads, "partitions": parts, "backend": backend, "shuffled": shuffled}
+

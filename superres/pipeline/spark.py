@@ -35,6 +35,11 @@ SESSION_DEFAULTS = {
     # tile is 83 KB, a photo several hundred KB), so Spark's 10,000 would put a whole
     # partition in one batch and a worker's memory would grow with the number of images.
     "spark.sql.execution.arrow.maxRecordsPerBatch": "32",
+    # The same on the JVM side: rows per vectorized Parquet read batch (default 4,096, i.e.
+    # 1 GB of 256 KB SR tiles, which exhausts a local driver's 1 GB heap at N = 64) ...
+    "spark.sql.parquet.columnarReaderBatchSize": "64",
+    # ... and the Parquet row group a writer buffers per open file (default 128 MB).
+    "spark.hadoop.parquet.block.size": str(16 * 2**20),
     # Keep Python workers (and the model each one has built) for the next task.
     "spark.python.worker.reuse": "true",
 }

@@ -1,0 +1,1 @@
+"""Performance measurements of superres-pipeline (``make bench``; see benchmarks/README.md)."""

@@ -1,0 +1,219 @@
+"""``make bench``: every measurement of issue #6 in one process tree, back to back.
+
+    python -m benchmarks.run [--images 8] [--size 512] [--seed-images 2] [--rounds 3]
+                             [--dag-n 16 64] [--skip-dag] [--inputs photos|random] [--out FILE]
+
+A  engine: whole-image FSRCNN x2, PyTorch eager vs the project's backend (this process, all cores)
+B  Spark inference stage (tiles Parquet -> mapInArrow FSRCNN -> Parquet) vs A's backend
+C  the seed design (per-row UDF on 16x16 patches, model rebuilt per call) vs B
+D  superres_daily end to end at two N (upscale, 512x512): fixed overhead and marginal cost
+E  peak RSS of the Spark driver (JVM + Python) and the Python workers during D
+
+Prints a table and writes ``benchmarks/results/latest.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks import common
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TARGETS = {  # headline key -> (comparison, threshold) from issue #6
+    "engine_speedup_vs_eager": (">=", 1.3),
+    "spark_vs_single_process": (">=", 0.85),
+    "speedup_vs_seed_per_row": (">=", 5.0),
+    "marginal_cost_ratio": ("<=", 1.25),
+    "fixed_overhead_s": ("<=", 60.0),
+    "rss_ratio_64_vs_16": ("<=", 1.15),
+}
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", type=int, default=16, help="images for A and B (default 16)")
+    p.add_argument("--ablation-images", type=int, default=4, help="images for A's per-idea rows")
+    p.add_argument("--size", type=int, default=512, help="LR image side in pixels (default 512)")
+    p.add_argument("--seed-images", type=int, default=2, help="images for C, the slow seed design")
+    p.add_argument("--rounds", type=int, default=3, help="timed rounds for A and B (median)")
+    p.add_argument("--tile", type=int, default=128, help="Spark tile size for B (the DAG's default)")
+    p.add_argument("--inputs", choices=("photos", "random"), default="photos")
+    p.add_argument("--threads", type=int, default=0, help="torch threads for A (0: all cores)")
+    p.add_argument("--dag-n", type=int, nargs=2, default=(16, 64), metavar=("SMALL", "LARGE"))
+    p.add_argument("--skip-dag", action="store_true", help="skip D and E (the long part)")
+    p.add_argument("--parts", default="ABCDE", help="which measurements to run (default ABCDE)")
+    p.add_argument("--no-ablation", action="store_true", help="skip A's per-idea rows")
+    p.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "superres-bench"),
+                   help="scratch space: Parquet, the bench's own Airflow home and storage")
+    p.add_argument("--out", default=str(RESULTS / "latest.json"))
+    return p.parse_args(argv)
+
+
+def headline(results: dict[str, Any]) -> dict[str, float | None]:
+    a, b, c = results.get("A"), results.get("B"), results.get("C")
+    d, e = results.get("D"), results.get("E")
+    return {
+        "engine_speedup_vs_eager": a["speedup"] if a else None,
+        "spark_vs_single_process": b["spark_mp_s"] / a["fast_mp_s"] if a and b else None,
+        "speedup_vs_seed_per_row": b["spark_mp_s"] / c["seed_mp_s"] if b and c else None,
+        "marginal_cost_ratio": d["fit"]["marginal_cost_ratio"] if d else None,
+        "fixed_overhead_s": d["fit"]["fixed_overhead_s"] if d else None,
+        "rss_ratio_64_vs_16": e["ratio"] if e else None,
+    }
+
+
+def verdicts(head: dict[str, float | None]) -> dict[str, bool | None]:
+    out = {}
+    for key, (op, limit) in TARGETS.items():
+        v = head.get(key)
+        out[key] = None if v is None else (v >= limit if op == ">=" else v <= limit)
+    return out
+
+
+def table(results: dict[str, Any], head: dict[str, Any], ok: dict[str, Any]) -> str:
+    a, b, c, d, e = (results.get(k) for k in "ABCDE")
+    lines = ["", f"superres benchmarks {results['date']} on {results['machine']['cpu_model']} "
+             f"({results['machine']['cores']} cores), commit {results['git']['commit'][:10]}"
+             f"{' +local changes' if results['git']['dirty'] else ''}", ""]
+    row = "{:<4} {:<58} {:>12} {:>9}  {}"
+    lines.append(row.format("", "measurement", "value", "target", ""))
+
+    def add(tag: str, what: str, key: str | None, value: float | None, fmt: str = "{:.2f}") -> None:
+        target = ""
+        status = ""
+        if key:
+            op, limit = TARGETS[key]
+            target = f"{op} {limit:g}"
+            status = {True: "ok", False: "SHORT", None: "-"}[ok[key]]
+        lines.append(row.format(tag, what, "-" if value is None else fmt.format(value), target, status))
+
+    if a:
+        add("A", "PyTorch eager, whole image (MP/s)", None, a["eager_mp_s"], "{:.3f}")
+        add("A", "project backend `fast` (MP/s)", None, a["fast_mp_s"], "{:.3f}")
+        add("A", "speed-up vs eager", "engine_speedup_vs_eager", head["engine_speedup_vs_eager"])
+    if b:
+        add("B", f"Spark inference stage, warm (MP/s; cold {b['spark_cold_mp_s']:.3f})", None,
+            b["spark_mp_s"], "{:.3f}")
+        add("B", "Spark / single-process backend", "spark_vs_single_process", head["spark_vs_single_process"])
+    if c:
+        add("C", "seed per-row UDF, 16x16 patches (MP/s)", None, c["seed_mp_s"], "{:.4f}")
+        add("C", "Spark stage / seed design", "speedup_vs_seed_per_row", head["speedup_vs_seed_per_row"])
+    if d:
+        for run in d["runs"]:
+            add("D", f"superres_daily N={run['n']} wall (s){'' if run['ok'] else ' FAILED'}", None,
+                run["wall_s"], "{:.1f}")
+        f = d["fit"]
+        add("D", "fixed overhead, intercept (s)", "fixed_overhead_s", f["fixed_overhead_s"], "{:.1f}")
+        add("D", "marginal cost (s per LR MP)", None, f["marginal_s_per_mp"], "{:.2f}")
+        add("D", "pure inference compute (s per LR MP, A's backend)", None,
+            f["pure_inference_s_per_mp"], "{:.2f}")
+        add("D", "marginal / pure inference", "marginal_cost_ratio", head["marginal_cost_ratio"])
+        lines.append("")
+        lines.append("     per task (s)    " + "".join(f"{st:>12}" for st in f["stages"]))
+        for run in d["runs"]:
+            lines.append(f"     N={run['n']:<13}" + "".join(f"{run['task_s'].get(st, 0):>12.1f}"
+                                                         for st in f["stages"]))
+        lines.append("     fixed (s)       " + "".join(f"{v['fixed_s']:>12.1f}"
+                                                     for v in f["stages"].values()))
+        lines.append("     s per MP        " + "".join(f"{v['marginal_s_per_mp']:>12.2f}"
+                                                     for v in f["stages"].values()))
+        lines.append("")
+    if e:
+        for run in d["runs"]:
+            m = run["memory"]
+            add("E", f"N={run['n']} peak RSS MB: driver {m['driver_peak_mb']}, workers "
+                f"{m['workers_peak_mb']}, together", None, m["spark_peak_mb"], "{:.0f}")
+        add("E", "peak RSS N=64 / N=16 (driver + workers)", "rss_ratio_64_vs_16", head["rss_ratio_64_vs_16"])
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+    results: dict[str, Any] = {
+        "date": common.now_iso(), "machine": common.machine(), "git": common.git_commit(),
+        "args": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()},
+        "loadavg_start": common.loadavg(),
+    }
+    print(f"inputs: {args.images} x {args.size}x{args.size} {args.inputs}; workdir {workdir}", flush=True)
+    images = common.make_images(args.images, args.size, args.inputs)
+
+    from superres.model import default_weights, load_model
+
+    weights = default_weights(2)
+    model = load_model(weights, scale=2)
+
+    parts = set(args.parts.upper()) - (set("DE") if args.skip_dag else set())
+    if "A" in parts:
+        print("A. engine", flush=True)
+        from benchmarks import engine
+
+        results["A"] = engine.run(model, images, rounds=args.rounds, ablation=not args.no_ablation,
+                                  threads=args.threads, ablation_images=args.ablation_images)
+    if parts & set("BC"):
+        run_spark(args, results, images, model, weights, workdir)
+    if parts & set("DE"):
+        print("D/E. superres_daily end to end", flush=True)
+        from benchmarks import dag
+
+        small, large = sorted(args.dag_n)
+        fast_mp_s = results["A"]["fast_mp_s"] if "A" in results else float("nan")
+        with dag.DagBench(workdir / "dag", photos=large, size=args.size) as bench:
+            runs = [bench.run(n, ds) for n, ds in ((small, "2031-01-01"), (large, "2031-01-02"))]
+            results["D"] = {"runs": runs, "migrate_s": bench.migrate_s, "fit": dag.fit(runs, fast_mp_s)}
+            results["E"] = dag.memory_ratio(runs)
+    return finish(args, results, t_start)
+
+
+def run_spark(args: argparse.Namespace, results: dict[str, Any], images, model, weights: Path,
+              workdir: Path) -> None:
+    print("B/C. Spark", flush=True)
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # workers run this venv's Python
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    # The gateway's JVM is a "pyspark-shell", which turns the console progress bar on.
+    os.environ.setdefault("PYSPARK_SUBMIT_ARGS", "--conf spark.ui.showConsoleProgress=false pyspark-shell")
+    from dataclasses import asdict
+
+    from benchmarks import spark_stage
+    from superres.model import read_meta
+    from superres.pipeline.spark import session
+
+    spark = session("superres-bench")
+    try:
+        state, meta = weights.read_bytes(), asdict(read_meta(weights))
+        if "A" not in results:
+            raise SystemExit("B and C compare with A: run A too (--parts ABC)")
+        results["B"] = spark_stage.run_b(spark, model, state, meta, images, workdir / "spark", args.tile,
+                                         rounds=args.rounds)
+        results["C"] = spark_stage.run_c(spark, state, meta, images[: args.seed_images], workdir / "spark",
+                                         partitions=results["B"]["partitions"])
+    finally:
+        spark.stop()
+
+
+def finish(args: argparse.Namespace, results: dict[str, Any], t_start: float) -> int:
+    head = headline(results)
+    ok = verdicts(head)
+    results["loadavg_end"] = common.loadavg()
+    results["bench_seconds"] = round(time.time() - t_start, 1)
+    out = {**head, "targets": {k: f"{op} {v:g}" for k, (op, v) in TARGETS.items()}, "met": ok, **results}
+    path = Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2, default=str) + "\n")
+    print(table(results, head, ok))
+    print(f"\nwrote {path} in {results['bench_seconds']:.0f}s (load average {results['loadavg_start']} "
+          f"-> {results['loadavg_end']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""B. The Spark inference stage, and C. the seed design (a per-row UDF) as its peer.
+
+B runs :func:`superres.pipeline.inference.run_stage` (what ``spark_jobs/inference.py``
+runs) on a live ``local[*]`` session: tiles Parquet -> batched FSRCNN in
+``mapInArrow`` -> SR tiles Parquet, timed from the read to the written files.
+The first run starts the Python workers and builds their models (reported as
+``cold``); the figure is the median of the warm runs that follow, as in a
+long-lived cluster or any job with more than one batch of work.
+
+C is the naive design the project started from: non-overlapping 16x16 patches,
+one row each, a plain (pickled, row-at-a-time) Python UDF that rebuilds the
+model from the broadcast weights on every call.  Same session, same cores.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from benchmarks.common import Image, median, timed
+from superres import colour, tiling
+from superres.engine import UNIT, Upscaler, luma
+from superres.pipeline.inference import run_stage
+from superres.pipeline.split import TILE_SCHEMA
+
+PATCH = 16
+
+
+def write_tiles(images: list[Image], path: Path, tile: int, halo: int, per_file: int = 8) -> int:
+    """The split stage's output for these images: halo tile rows of Y in [0, 1]."""
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    count = 0
+    for k in range(0, len(images), per_file):
+        rows = []
+        for img in images[k : k + per_file]:
+            _, tiles = tiling.split(luma(img.rgb) / UNIT, img.image_id, tile, halo)
+            for t in tiles:
+                rec = t.to_record()
+                rec.update(min=float(t.pixels.min()), max=float(t.pixels.max()))
+                rows.append(rec)
+        pq.write_table(pa.Table.from_pylist(rows, schema=TILE_SCHEMA), path / f"part-{k:05d}.parquet")
+        count += len(rows)
+    return count
+
+
+def stitch_from(path: Path, image: Image, scale: int) -> np.ndarray:
+    table = pq.read_table(path, filters=[("image_id", "=", image.image_id)])
+    cores = [(r["y"], r["x"], tiling.decode_pixels(r["pixels"], r["sr_h"], r["sr_w"]))
+             for r in table.to_pylist()]
+    h, w = image.rgb.shape[:2]
+    return tiling.stitch(cores, h, w, scale) * UNIT
+
+
+def run_b(spark, model, state: bytes, meta: dict[str, Any], images: list[Image], workdir: Path,
+          tile: int, rounds: int = 3) -> dict[str, Any]:
+    mp = sum(img.megapixels for img in images)
+    tiles_path, out_path = workdir / "tiles", workdir / "sr_tiles"
+    n_tiles = write_tiles(images, tiles_path, tile, model.spec.halo)
+
+    def stage() -> dict[str, Any]:
+        return run_stage(spark, str(tiles_path), str(out_path), state, meta, device="cpu")
+
+    cold, info = timed(stage)
+    print(f"  B spark cold (starts workers) {mp / cold:.3f} MP/s", flush=True)
+    rates = []
+    for _ in range(rounds):
+        seconds, _ = timed(stage)
+        rates.append(mp / seconds)
+        print(f"  B spark warm {rates[-1]:.3f} MP/s", flush=True)
+    # The same tile windows through the same backend in this process, all cores:
+    # separates Spark's own cost from the cost of the tile layout.
+    up = Upscaler(model, backend="fast")
+    windows = {}
+    for img in images:
+        _, ts = tiling.split(luma(img.rgb) / UNIT, img.image_id, tile, model.spec.halo)
+        windows.setdefault(ts[0].pixels.shape, []).extend(t.pixels for t in ts)
+    in_proc, _ = timed(lambda: [up.run_windows(ws, unit=True) for ws in windows.values()])
+    # Output check: stitched SR tiles == whole-image SR of the backend (within 1 level).
+    levels = 0
+    for img in images[:2]:
+        want = up.sr_plane(luma(img.rgb))
+        got = stitch_from(out_path, img, model.spec.scale)
+        levels = max(levels, int(np.abs(colour.to_uint8(want).astype(int)
+                                        - colour.to_uint8(got).astype(int)).max()))
+    conf = spark.sparkContext.getConf()
+    return {
+        "images": len(images), "tiles": n_tiles, "tile": tile, "rounds": rounds,
+        "spark_mp_s": median(rates), "spark_mp_s_rounds": rates, "spark_cold_mp_s": mp / cold,
+        "cold_s": cold, "same_tiles_in_process_mp_s": mp / in_proc,
+        "max_uint8_diff_vs_whole_image": levels,
+        "master": conf.get("spark.master"), "partitions": info["partitions"],
+        "threads_per_worker": info["threads"], "backend": info["backend"],
+        "arrow_max_records_per_batch": spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch"),
+    }
+
+
+def write_patches(images: list[Image], path: Path) -> int:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    rows = []
+    for img in images:
+        y = luma(img.rgb) / UNIT
+        h, w = y.shape
+        for py in range(0, h - h % PATCH, PATCH):
+            for px in range(0, w - w % PATCH, PATCH):
+                rows.append({"image_id": img.image_id, "y": py, "x": px,
+                             "pixels": tiling.encode_pixels(y[py : py + PATCH, px : px + PATCH])})
+    pq.write_table(pa.Table.from_pylist(rows), path / "part-00000.parquet")
+    return len(rows)
+
+
+def seed_udf(state_bc, meta: dict[str, Any]):
+    """The seed's per-row UDF: one 16x16 patch per call, the model rebuilt every call."""
+    from pyspark.sql.functions import udf
+    from pyspark.sql.types import BinaryType
+
+    def sr_patch(pixels: bytes) -> bytes:
+        import torch
+
+        from superres.model import ModelMeta, model_from_bytes
+
+        torch.set_num_threads(1)
+        model = model_from_bytes(state_bc.value, ModelMeta(**meta), "cpu")  # per call
+        x = torch.from_numpy(np.frombuffer(pixels, dtype="<f4").reshape(1, 1, PATCH, PATCH).copy())
+        with torch.no_grad():
+            return model(x).numpy().astype("<f4").tobytes()
+
+    return udf(sr_patch, BinaryType(), useArrow=False)
+
+
+def run_c(spark, state: bytes, meta: dict[str, Any], images: list[Image], workdir: Path,
+          partitions: int) -> dict[str, Any]:
+    from pyspark.sql.functions import col
+
+    mp = sum(img.megapixels for img in images)
+    patches, out = workdir / "patches", workdir / "sr_patches"
+    n = write_patches(images, patches)
+    fn = seed_udf(spark.sparkContext.broadcast(state), meta)
+
+    def stage(limit: int | None = None) -> None:
+        df = spark.read.parquet(str(patches))
+        if limit:
+            df = df.limit(limit)
+        df.repartition(partitions).withColumn("sr", fn(col("pixels"))).drop("pixels") \
+            .write.mode("overwrite").parquet(str(out))
+
+    stage(limit=2 * partitions)  # warm-up: Python workers up, torch imported
+    seconds, _ = timed(stage)
+    rate = mp / seconds
+    print(f"  C seed per-row UDF {rate:.4f} MP/s ({n} patches in {seconds:.1f}s)", flush=True)
+    return {"images": len(images), "patches": n, "patch": PATCH, "seconds": seconds, "seed_mp_s": rate,
+            "partitions": partitions}
