@@ -142,6 +142,25 @@ def test_notifier_down_is_a_retryable_error_and_the_event_is_kept(
     assert [i["image_id"] for i in event["images"]] == ["1", "2"]
 
 
+def test_date_stays_held_while_a_retry_of_the_callback_is_coming(
+        store: LocalStorage, http_conn: Any, down_port: int) -> None:
+    """Another run of the date would clear reports/ (event.json too) before the retry delivers it."""
+    from superres.orchestration.run import lease_owner
+    from superres.pipeline import layout
+
+    run = seed_run(store)
+    http_conn(down_port)
+    ctx = context()
+    ctx["ti"].try_number, ctx["ti"].max_tries = 1, 5  # Airflow will retry
+    with pytest.raises(DeliveryFailed):
+        bounded(lambda: notify_mod.notify(run, ctx))
+    assert store.read_json(layout.lease_key(run["ds"]))["owner"] == lease_owner(run)
+    ctx["ti"].try_number = 6  # the last try: give the date up whatever happens
+    with pytest.raises(DeliveryFailed):
+        bounded(lambda: notify_mod.notify(run, ctx))
+    assert not store.exists(layout.lease_key(run["ds"]))
+
+
 def test_notifier_overloaded_is_retryable(store: LocalStorage, http_conn: Any, tmp_path: Path) -> None:
     """A notifier answering 503 (here: started without its secret) is retried, not given up on."""
     server = NotifierServer(notifier_config(tmp_path, store.root, CALLBACK_SECRET=""))
