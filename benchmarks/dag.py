@@ -78,11 +78,13 @@ def classify(proc) -> str:
 class RssSampler(threading.Thread):
     """Peak of the summed RSS by role over the life of a process tree."""
 
-    def __init__(self, pid: int, interval: float = 0.25) -> None:
+    def __init__(self, pid: int, interval: float = 0.25, also: tuple[int, ...] = ()) -> None:
         super().__init__(daemon=True)
         import psutil
 
         self.root = psutil.Process(pid)
+        # Trees outside the run's own (the Spark Connect server: its JVM and Python workers).
+        self.also = [psutil.Process(p) for p in also]
         self.interval = interval
         self.peak = dict.fromkeys(ROLES, 0)
         self.peak_spark = 0  # JVM + Python driver + workers at the same instant
@@ -100,6 +102,9 @@ class RssSampler(threading.Thread):
                 procs = [self.root, *self.root.children(recursive=True)]
             except psutil.NoSuchProcess:
                 break
+            for extra in self.also:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    procs += [extra, *extra.children(recursive=True)]
             for p in procs:
                 role = classify(p)
                 if not role:
@@ -150,10 +155,11 @@ def task_durations(airflow_home: Path, dag_id: str) -> tuple[str, dict[str, floa
 class DagBench:
     """The embedded stack for the bench: env, DB, notifier and photo source, set up once."""
 
-    def __init__(self, workdir: Path, photos: int, size: int) -> None:
+    def __init__(self, workdir: Path, photos: int, size: int, spark: str = "connect") -> None:
         from superres.orchestration import localrun
 
         self.workdir = workdir
+        self.spark = spark
         self.size = size
         self.photos_dir = workdir / "photos"
         write_photos(self.photos_dir, photos, max(size, 640))
@@ -164,6 +170,9 @@ class DagBench:
             "SUPERRES_RUN_DIR": str(workdir / "run"),
             "SUPERRES_NOTIFIER_URL": f"http://127.0.0.1:{free_port()}",
             "SUPERRES_PICSUM_URL": f"http://127.0.0.1:{free_port()}",
+            # connect: make run's default, one Spark Connect server for every task; submit: a
+            # Spark application per task.
+            "SUPERRES_SPARK_REMOTE": f"sc://127.0.0.1:{free_port()}" if spark == "connect" else "",
         }
         self._saved = {k: os.environ.get(k) for k in overrides}
         os.environ.update(overrides)  # services.* read the run dir from os.environ
@@ -187,6 +196,16 @@ class DagBench:
         self._stack.callback(services.stop, "notifier")
         port = int(self.settings.picsum_url.rsplit(":", 1)[1])
         self._stack.enter_context(serve(host="127.0.0.1", port=port, photos_dir=self.photos_dir))
+        self.server_start_s = None
+        self.server_pid = None
+        remote = self.env["SUPERRES_SPARK_REMOTE"]
+        if remote:
+            t0 = time.time()
+            services.ensure_spark_connect(remote, self.env)
+            self.server_start_s = round(time.time() - t0, 1)
+            self._stack.callback(services.stop, "spark-connect")
+            self.server_pid = int(services.pid_file("spark-connect").read_text())
+            print(f"  D Spark Connect server on {remote} started in {self.server_start_s}s", flush=True)
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -208,7 +227,7 @@ class DagBench:
         t0 = time.perf_counter()
         with log_path.open("w") as log:
             proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-            sampler = RssSampler(proc.pid, interval)
+            sampler = RssSampler(proc.pid, interval, also=(self.server_pid,) if self.server_pid else ())
             sampler.start()
             try:
                 rc = proc.wait(timeout=timeout_s)

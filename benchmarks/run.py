@@ -48,6 +48,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch threads for A (0: all cores)")
     p.add_argument("--dag-n", type=int, nargs=2, default=(16, 64), metavar=("SMALL", "LARGE"))
     p.add_argument("--skip-dag", action="store_true", help="skip D and E (the long part)")
+    p.add_argument("--dag-spark", choices=("connect", "submit"), default="connect",
+                   help="D/E: jobs on one Spark Connect server (make run's default) or a Spark "
+                        "application per task")
     p.add_argument("--parts", default="ABCDE", help="which measurements to run (default ABCDE)")
     p.add_argument("--no-ablation", action="store_true", help="skip A's per-idea rows")
     p.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "superres-bench"),
@@ -167,9 +170,10 @@ def main(argv: list[str] | None = None) -> int:
 
         small, large = sorted(args.dag_n)
         fast_mp_s = results["A"]["fast_mp_s"] if "A" in results else float("nan")
-        with dag.DagBench(workdir / "dag", photos=large, size=args.size) as bench:
+        with dag.DagBench(workdir / "dag", photos=large, size=args.size, spark=args.dag_spark) as bench:
             runs = [bench.run(n, ds) for n, ds in ((small, "2031-01-01"), (large, "2031-01-02"))]
-            results["D"] = {"runs": runs, "migrate_s": bench.migrate_s, "fit": dag.fit(runs, fast_mp_s)}
+            results["D"] = {"runs": runs, "migrate_s": bench.migrate_s, "spark": args.dag_spark,
+                            "server_start_s": bench.server_start_s, "fit": dag.fit(runs, fast_mp_s)}
             results["E"] = dag.memory_ratio(runs)
     return finish(args, results, t_start)
 

@@ -40,7 +40,15 @@ from superres.pipeline.evaluate import (
     metrics_report,
     regression_gate,
 )
-from superres.pipeline.spark import job_parser, parse, session, spark_schema, stage_summary
+from superres.pipeline.spark import (
+    job_parser,
+    parallelism,
+    parse,
+    session,
+    spark_schema,
+    stage_summary,
+    where,
+)
 from superres.storage import Storage, open_storage
 
 log = logging.getLogger("superres.evaluate")
@@ -80,9 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ds, scale, mode = args.ds, args.scale, args.mode
     storage = open_storage(args.storage_uri)
     metrics_key = layout.report_key(ds, "metrics.json")
-    spark = session(f"superres-evaluate-{ds}")
+    spark = session(f"superres-evaluate-{ds}", args.spark_remote)
     try:
         with stage_summary(storage, ds, "evaluate", {"mode": mode, "scale": scale}) as summary:
+            summary.update(spark=where(spark))
             imgs = spark.read.parquet(layout.staging_path(args.staging_uri, "images", ds)) \
                 .filter("status = 'ok'").select("image_id", "lr_png")
             outs = spark.read.parquet(layout.staging_path(args.staging_uri, "outputs", ds)) \
@@ -97,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 manifest = storage.read_json(layout.manifest_key(ds))
                 hr = spark.createDataFrame(hr_rows(storage, manifest, ids), "image_id string, hr binary")
                 joined = joined.join(hr, "image_id")
-            parts = args.partitions or spark.sparkContext.defaultParallelism
+            parts = args.partitions or parallelism(spark)
 
             def evaluate(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
                 return evaluate_batches(batches, mode=mode, scale=scale)

@@ -11,16 +11,15 @@ per-row UDF and no pickled module.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 
-from superres.engine import BACKENDS
+from superres.engine import resolve_backend
 from superres.model import default_weights, load_model, read_meta
 from superres.pipeline import layout
 from superres.pipeline.inference import run_stage
-from superres.pipeline.spark import job_parser, parse, session, stage_summary
+from superres.pipeline.spark import job_parser, parse, session, stage_summary, where
 from superres.storage import open_storage
 
 
@@ -28,19 +27,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = job_parser(__doc__)
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads per Python worker (0: spark.task.cpus)")
-    parser.add_argument("--backend", choices=("auto", *BACKENDS),
-                        default=os.environ.get("SUPERRES_BACKEND") or "auto",
-                        help="inference backend (superres.engine.BACKENDS; auto: fast)")
     args = parse(parser, argv)
+    resolve_backend(args.backend)  # an unknown backend fails here, not in every Spark worker
     weights = default_weights(args.scale, args.models_dir)
     load_model(weights, scale=args.scale)  # refuse a wrong file here, before any Spark work
     meta = asdict(read_meta(weights))
     storage = open_storage(args.storage_uri)
-    spark = session(f"superres-inference-{args.ds}")
+    spark = session(f"superres-inference-{args.ds}", args.spark_remote)
     try:
         with stage_summary(storage, args.ds, "inference", {"scale": args.scale, "weights": weights.name,
                                                             "device": args.device,
                                                             "backend": args.backend}) as summary:
+            summary.update(spark=where(spark))
             summary.update(run_stage(
                 spark, layout.staging_path(args.staging_uri, "tiles", args.ds),
                 layout.staging_path(args.staging_uri, "sr_tiles", args.ds), weights.read_bytes(), meta,

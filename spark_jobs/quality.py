@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from superres import quality
 from superres.pipeline import layout
-from superres.pipeline.spark import job_parser, parse, session, stage_summary
+from superres.pipeline.spark import is_remote, job_parser, parse, session, stage_summary, where
 from superres.storage import Storage, open_storage
 
 if TYPE_CHECKING:
@@ -59,16 +59,17 @@ def read_metadata(spark, path: str, columns: Sequence[str],
     from pyspark.errors import AnalysisException
     from pyspark.sql import functions as F
 
-    if not _exists(spark, path):
+    remote = is_remote(spark)
+    if not remote and not _exists(spark, path):
         return None
+    extra = [F.expr(sql).alias(name) for name, sql in (expressions or {}).items()]
     try:
-        df = spark.read.parquet(path)
+        # A Connect client has no Hadoop FileSystem to ask, and analyses lazily: absence shows here.
+        return spark.read.parquet(path).select(*[F.col(c) for c in columns], *extra).toPandas()
     except AnalysisException as exc:  # a directory without any Parquet file in it
         if (exc.getCondition() or "") in _ABSENT:
             return None
         raise
-    extra = [F.expr(sql).alias(name) for name, sql in (expressions or {}).items()]
-    return df.select(*[F.col(c) for c in columns], *extra).toPandas()
 
 
 def read_frames(spark, staging_uri: str, ds: str) -> tuple[dict[str, pd.DataFrame], list[str]]:
@@ -88,16 +89,20 @@ def read_frames(spark, staging_uri: str, ds: str) -> tuple[dict[str, pd.DataFram
     return frames, missing
 
 
-def audit(storage: Storage, args: argparse.Namespace) -> dict[str, Any]:
-    """Read the manifest and staged metadata, stop Spark, then run the gates on the driver."""
+def audit(storage: Storage, args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:
+    """Read the manifest and staged metadata, stop Spark, then run the gates on the driver.
+
+    Returns the quality report and where the Spark reads ran (for the stage summary).
+    """
     manifest = storage.read_json(layout.manifest_key(args.ds))
-    spark = session(f"superres-quality-{args.ds}")
+    spark = session(f"superres-quality-{args.ds}", args.spark_remote)
     try:
+        ran_on = where(spark)
         frames, missing = read_frames(spark, args.staging_uri, args.ds)
     finally:
         spark.stop()
     frames["manifest"] = quality.manifest_records(manifest)
-    return {"ds": args.ds, **quality.run_suites(frames, args.scale), "missing_datasets": missing}
+    return {"ds": args.ds, **quality.run_suites(frames, args.scale), "missing_datasets": missing}, ran_on
 
 
 def error_report(ds: str, scale: int, exc: BaseException) -> dict[str, Any]:
@@ -112,14 +117,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     key = layout.report_key(args.ds, "quality.json")
     with stage_summary(storage, args.ds, "quality", {"scale": args.scale}) as summary:
         try:
-            result = audit(storage, args)
+            result, ran_on = audit(storage, args)
         except Exception as exc:
             storage.write_json(key, error_report(args.ds, args.scale, exc))
             raise
         storage.write_json(key, result)
         log.info("quality report written to %s (success=%s)", storage.uri(key), result["success"])
         quality.enforce(result)  # a failed gate fails the task here, before the stage summary
-        summary.update(success=True, suites={s["name"]: s["success"] for s in result["suites"]},
+        summary.update(spark=ran_on, success=True, suites={s["name"]: s["success"] for s in result["suites"]},
                        inputs=result["inputs"], missing_datasets=result["missing_datasets"])
     return 0
 

@@ -18,7 +18,7 @@ import pandas as pd
 from superres import tiling
 from superres.pipeline import layout
 from superres.pipeline.reconstruct import OUTPUT_SCHEMA, reconstruct_image
-from superres.pipeline.spark import job_parser, parse, session, stage_summary
+from superres.pipeline.spark import job_parser, parse, session, stage_summary, where
 from superres.storage import open_storage
 
 
@@ -26,9 +26,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse(job_parser(__doc__), argv)
     storage = open_storage(args.storage_uri)
     scale = args.scale
-    spark = session(f"superres-reconstruct-{args.ds}")
+    spark = session(f"superres-reconstruct-{args.ds}", args.spark_remote)
     try:
         with stage_summary(storage, args.ds, "reconstruct", {"scale": scale}) as summary:
+            summary.update(spark=where(spark))
             sr = spark.read.parquet(layout.staging_path(args.staging_uri, "sr_tiles", args.ds))
             imgs = spark.read.parquet(layout.staging_path(args.staging_uri, "images", args.ds)) \
                 .filter("status = 'ok'")

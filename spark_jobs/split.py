@@ -16,7 +16,15 @@ import pyarrow as pa
 
 from superres.model import ModelSpec
 from superres.pipeline import layout
-from superres.pipeline.spark import job_parser, parse, session, spark_schema, stage_summary
+from superres.pipeline.spark import (
+    job_parser,
+    parallelism,
+    parse,
+    session,
+    spark_schema,
+    stage_summary,
+    where,
+)
 from superres.pipeline.split import IMAGE_SCHEMA, TILE_SCHEMA, cut_tiles, split_images
 from superres.storage import open_storage
 
@@ -26,12 +34,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     storage = open_storage(args.storage_uri)
     manifest = storage.read_json(layout.manifest_key(args.ds))
     halo = ModelSpec(scale=args.scale).halo
-    spark = session(f"superres-split-{args.ds}")
+    spark = session(f"superres-split-{args.ds}", args.spark_remote)
     try:
         with stage_summary(storage, args.ds, "split", {"mode": args.mode, "scale": args.scale,
                                                         "tile_size": args.tile_size}) as summary:
+            summary.update(spark=where(spark))
             rows = [(img["image_id"], storage.read_bytes(img["key"])) for img in manifest["images"]]
-            parts = args.partitions or spark.sparkContext.defaultParallelism
+            parts = args.partitions or parallelism(spark)
             raw = spark.createDataFrame(rows, "image_id string, data binary").repartition(
                 max(1, min(parts, len(rows))))
             opts = dict(mode=args.mode, scale=args.scale, tile=args.tile_size, halo=halo,

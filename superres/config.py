@@ -64,6 +64,7 @@ class Settings:
     mode: str = "evaluate"
     batch_size: int = 16
     device: str = "auto"
+    backend: str = "auto"  # inference backend (superres.engine.BACKENDS); auto: fast
 
     # One run writes a date at a time (superres.orchestration.lease): how long a lease lives
     # without renewal, and how long a second run of the same date waits for it.
@@ -77,6 +78,13 @@ class Settings:
     # Airflow connection ids.
     aws_conn_id: str = "aws_default"
     spark_conn_id: str = "spark_default"
+    # Spark Connect.  Empty: each Spark task starts its own application on spark_default's
+    # master (a JVM, a SparkContext and fresh Python workers per task).  "sc://host:port": the
+    # jobs are clients of a long-lived Spark Connect server, so one JVM and warm Python workers
+    # (torch imported, model built) serve every task of every run.  `make run` / `make up`
+    # start a local server at spark_connect_local_url and use it unless this is set.
+    spark_remote: str = ""
+    spark_connect_local_url: str = "sc://127.0.0.1:15002"
     notifier_conn_id: str = "notifier_default"
     # Base URL of the notifier, for re-delivery outside Airflow and for `make run`'s
     # notifier_default connection; in Airflow the connection is what the callback uses.
@@ -94,6 +102,10 @@ class Settings:
         for name in ("num_images", "tile_size", "image_width", "image_height", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        for name in ("spark_remote", "spark_connect_local_url"):
+            value = getattr(self, name)
+            if value and not value.startswith("sc://"):
+                raise ValueError(f"{name} must be empty or a Spark Connect URL sc://host:port, got {value!r}")
         if not 0.0 <= self.min_success_ratio <= 1.0:
             raise ValueError("min_success_ratio must be within [0, 1]")
         if not isinstance(self.callback_secret, Secret):

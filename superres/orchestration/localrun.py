@@ -3,7 +3,9 @@
 Sets up a project-local Airflow (SQLite under ``.airflow/``, connections from the
 environment), starts the offline Picsum source when the configured URL is the
 local default and nothing answers there, runs ``airflow dags test``, and prints
-a summary from the run's report.  ``PICSUM_URL=https://picsum.photos make run``
+a summary from the run's report.  The Spark jobs run on a local Spark Connect
+server that ``make run`` starts once and reuses (``SUPERRES_SPARK_REMOTE=``
+empty: one Spark application per task instead).  ``PICSUM_URL=https://picsum.photos make run``
 uses the live service instead.
 """
 
@@ -50,6 +52,21 @@ def airflow_env(base: dict[str, str] | None = None) -> dict[str, str]:
     if bin_dir not in env.get("PATH", "").split(os.pathsep):
         env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
     return env
+
+
+def start_spark_connect(env: dict[str, str]) -> tuple[str, str] | None:
+    """The embedded default for Spark: a local Spark Connect server that every job reuses.
+
+    Unless ``SUPERRES_SPARK_REMOTE`` is already in ``env`` (empty: each task starts
+    its own Spark application on ``spark_default``; another URL: a server someone
+    else runs), it is set to ``spark_connect_local_url`` and that server is started
+    (or reused) here.  Returns (url, status) when this checkout runs the server.
+    """
+    local = Settings.from_env(env).spark_connect_local_url
+    remote = env.setdefault("SUPERRES_SPARK_REMOTE", local)
+    if not remote or remote != local:
+        return None
+    return remote, services.ensure_spark_connect(remote, env)
 
 
 def ensure_db(env: dict[str, str]) -> None:
@@ -119,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     url = settings.notifier_url
     status = services.start("notifier", services.notifier_cmd(url), url, env)
     print(f"notifier ({status}) on {settings.notifier_url}/")
+    connect = start_spark_connect(env)
+    print(f"Spark Connect server ({connect[1]}) on {connect[0]}" if connect else
+          f"Spark: {env['SUPERRES_SPARK_REMOTE'] or 'a Spark application per task on spark_default'}")
     with ExitStack() as stack:
         started = start_offline_source(settings, stack)
         if started:

@@ -14,15 +14,13 @@ running or writing after the task is gone.
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 
 from superres.orchestration.run import settings_of
+from superres.orchestration.services import spark_env, spark_submit_binary
 
 # How long the JVM gets to run its shutdown hooks (stop the SparkContext, remove
 # temp dirs, stop Python workers) after SIGTERM before the tree is SIGKILLed.
@@ -30,25 +28,11 @@ KILL_GRACE_S = 20.0
 
 JOBS_DIR = Path(__file__).resolve().parents[2] / "spark_jobs"
 
-
-def _spark_submit_binary() -> str:
-    found = shutil.which("spark-submit")
-    return found or str(Path(sys.executable).with_name("spark-submit"))
-
-
-def _spark_env() -> dict[str, str]:
-    """Defaults for a pip-installed pyspark: SPARK_HOME and the workers' Python."""
-    env: dict[str, str] = {}
-    if not os.environ.get("SPARK_HOME"):
-        import importlib.util
-
-        spec = importlib.util.find_spec("pyspark")
-        if spec and spec.origin:
-            env["SPARK_HOME"] = str(Path(spec.origin).parent)
-    python = os.environ.get("PYSPARK_PYTHON") or sys.executable
-    env["PYSPARK_PYTHON"] = python
-    env["PYSPARK_DRIVER_PYTHON"] = os.environ.get("PYSPARK_DRIVER_PYTHON") or python
-    return env
+# spark-submit's own JVM when the job runs on a Spark Connect server (about 1 s less start-up).
+CLIENT_JVM_CONF = {
+    "spark.driver.memory": "256m",
+    "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC",
+}
 
 
 def s3_env(aws_conn_id: str) -> dict[str, str]:
@@ -87,14 +71,19 @@ class SparkJobOperator(SparkSubmitOperator):
             "--ds", run["ds"], "--storage-uri", s.storage_uri, "--staging-uri", s.staging_uri,
             "--scale", str(s.scale), "--mode", s.mode, "--tile-size", str(s.tile_size),
             "--max-pixels", str(s.max_pixels), "--models-dir", s.models_dir, "--device", s.device,
-            "--batch-size", str(s.batch_size),
+            "--batch-size", str(s.batch_size), "--backend", s.backend,
         ]
-        env = {**_spark_env(), **(self.env_vars or {})}
+        if s.spark_remote:
+            # The job is a client of a long-lived Spark Connect server: spark-submit's JVM only
+            # launches the Python driver and then idles, so give it a small, quick-starting heap.
+            self.application_args += ["--spark-remote", s.spark_remote]
+            self.conf = {**CLIENT_JVM_CONF, **(self.conf or {})}
+        env = {**spark_env(), **(self.env_vars or {})}
         if s.storage_uri.startswith("s3://"):
             env.update(s3_env(s.aws_conn_id))
         self.env_vars = env
         if not self._spark_binary:
-            self._spark_binary = _spark_submit_binary()
+            self._spark_binary = spark_submit_binary()
         self._conn_id = s.spark_conn_id
         from superres.orchestration.tasks import hold_date
 

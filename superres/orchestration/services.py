@@ -9,6 +9,8 @@ may be another checkout's notifier, serving other storage.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import secrets
 import signal
@@ -48,6 +50,12 @@ def ours(name: str) -> bool:
 
 
 def alive(pid: int) -> bool:
+    try:
+        # A service this process started and that has exited is a zombie until reaped.
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass  # not our child: ask the kernel
     try:
         os.kill(pid, 0)
     except (ProcessLookupError, PermissionError):
@@ -96,7 +104,9 @@ def stop(name: str, timeout_s: float = 20.0) -> bool:
     deadline = time.time() + timeout_s
     while time.time() < deadline and alive(pid):
         time.sleep(0.2)
-    if alive(pid):
+    with contextlib.suppress(ProcessLookupError):
+        # The leader is gone (or ignored SIGTERM); whatever is left of its group goes too
+        # (a Spark Connect server's Python workers, say).
         os.killpg(pid, signal.SIGKILL)
     return True
 
@@ -122,3 +132,85 @@ def picsum_cmd(url: str) -> list[str]:
     parts = urlsplit(url)
     return [sys.executable, "-m", "superres.picsum_server", "--host", parts.hostname or "127.0.0.1",
             "--port", str(parts.port or 80)]
+
+
+# --------------------------------------------------------------------------- Spark Connect
+
+SPARK_CONNECT_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
+
+
+def spark_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """SPARK_HOME and the workers' Python for a pip-installed pyspark, unless already set."""
+    base = os.environ if base is None else base
+    env: dict[str, str] = {}
+    if not base.get("SPARK_HOME"):
+        import importlib.util
+
+        spec = importlib.util.find_spec("pyspark")
+        if spec and spec.origin:
+            env["SPARK_HOME"] = str(Path(spec.origin).parent)
+    python = base.get("PYSPARK_PYTHON") or sys.executable
+    env["PYSPARK_PYTHON"] = python
+    env["PYSPARK_DRIVER_PYTHON"] = base.get("PYSPARK_DRIVER_PYTHON") or python
+    return env
+
+
+def spark_submit_binary() -> str:
+    import shutil
+
+    return shutil.which("spark-submit") or str(Path(sys.executable).with_name("spark-submit"))
+
+
+def spark_connect_cmd(url: str, master: str = "local[*]", driver_memory: str = "2g") -> list[str]:
+    """spark-submit command line of a Spark Connect server on ``url`` (loopback only)."""
+    from superres.pipeline.spark import server_conf
+
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 15002
+    conf = {
+        **server_conf(master),
+        "spark.connect.grpc.binding.address": host,
+        "spark.connect.grpc.binding.port": str(port),
+        "spark.driver.host": host,
+        "spark.driver.bindAddress": host,
+        "spark.driver.memory": driver_memory,
+    }
+    cmd = [spark_submit_binary(), "--class", SPARK_CONNECT_CLASS, "--name", "superres-spark-connect",
+           "--master", master]
+    for key, value in sorted(conf.items()):
+        cmd += ["--conf", f"{key}={value}"]
+    return cmd
+
+
+def code_fingerprint() -> str:
+    """Hash of the ``superres`` sources: a server's Python workers keep the code they imported."""
+    h = hashlib.sha256()
+    package = PROJECT_ROOT / "superres"
+    for path in sorted(package.rglob("*.py")):
+        h.update(str(path.relative_to(package)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def ensure_spark_connect(url: str, env: dict[str, str], master: str = "local[*]",
+                         timeout_s: float = 180.0) -> str:
+    """Start the local Spark Connect server, or reuse ours if it runs the current code.
+
+    Its Python workers are reused from task to task and run to run (that is the
+    point: torch imported and the model built once), so they would keep serving
+    code from before an edit; a server started from other sources is restarted.
+    """
+    name = "spark-connect"
+    stamp = run_dir() / f"{name}.code"
+    current = code_fingerprint()
+    if listening(url) and ours(name) and (stamp.read_text() if stamp.exists() else "") != current:
+        stop(name)
+        deadline = time.time() + 30
+        while listening(url) and time.time() < deadline:
+            time.sleep(0.2)
+        restarted = True
+    else:
+        restarted = False
+    status = start(name, spark_connect_cmd(url, master), url, {**env, **spark_env(env)}, timeout_s)
+    stamp.write_text(current)
+    return "restarted (code changed)" if restarted and status == "started" else status

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from superres.config import Settings
 from superres.orchestration import services
-from superres.orchestration.localrun import airflow_env, ensure_db
+from superres.orchestration.localrun import airflow_env, ensure_db, start_spark_connect
 
-SERVICES = ("airflow", "notifier", "picsum")
+SERVICES = ("airflow", "notifier", "picsum", "spark-connect")
 
 
 def admin_password(home: Path) -> tuple[str, bool]:
@@ -50,6 +50,13 @@ def up() -> int:
     home = Path(env["AIRFLOW_HOME"])
     ensure_db(env)
     password, new = admin_password(home)
+    try:
+        connect = start_spark_connect(env)  # before Airflow, so its tasks inherit the URL
+    except RuntimeError as exc:
+        print(f"{'spark':<9} FAILED   {exc}", file=sys.stderr)
+        return 1
+    if connect:
+        print(f"{'spark':<9} {connect[1]:<8} {connect[0]}   (log: {settings.run_dir}/spark-connect.log)")
     for name, cmd, url in (
         ("picsum", services.picsum_cmd(settings.picsum_url), settings.picsum_url),
         ("notifier", services.notifier_cmd(settings.notifier_url), settings.notifier_url),

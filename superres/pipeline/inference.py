@@ -81,25 +81,24 @@ def run_stage(spark, tiles_path: str, out_path: str, state: bytes, meta: dict[st
               partitions: int = 0) -> dict[str, Any]:
     """The inference stage on a live session: tiles Parquet -> batched FSRCNN -> SR tiles Parquet.
 
-    ``state`` (the weights file's bytes) is broadcast once; every Python worker
-    rebuilds the model from it once (:func:`worker_upscaler`).  ``threads`` 0 means
+    ``state`` (the weights file's bytes, about 50 KB) travels inside the task
+    closure, which works on a classic session and a Spark Connect one alike;
+    every Python worker rebuilds the model from it once (:func:`worker_upscaler`).  ``threads`` 0 means
     ``spark.task.cpus``, so concurrent tasks never oversubscribe the cores.  The job
     ``spark_jobs/inference.py`` and the benchmarks both run exactly this.
     """
-    sc = spark.sparkContext
-    threads = threads or int(sc.getConf().get("spark.task.cpus", "1"))
-    bc = sc.broadcast(state)
+    from superres.pipeline.spark import num_partitions, parallelism, spark_schema
+
+    threads = threads or int(spark.conf.get("spark.task.cpus", "1"))
 
     def infer(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        up = worker_upscaler(bc.value, meta, device, batch_size, threads, backend)
+        up = worker_upscaler(state, meta, device, batch_size, threads, backend)
         return infer_arrow(batches, up)
 
-    from superres.pipeline.spark import spark_schema
-
-    parts = partitions or sc.defaultParallelism
+    parts = partitions or parallelism(spark)
     tiles = spark.read.parquet(tiles_path)
     # The split stage writes one file per core already; shuffle only when the layout differs.
-    shuffled = tiles.rdd.getNumPartitions() != parts
+    shuffled = num_partitions(tiles) != parts
     if shuffled:
         tiles = tiles.repartition(parts)
     tiles.mapInArrow(infer, spark_schema(SR_TILE_SCHEMA)).write.mode("overwrite").parquet(out_path)

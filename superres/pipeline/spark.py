@@ -3,7 +3,9 @@
 The master is never set here: spark-submit passes it from Airflow's
 ``spark_default`` connection (``local[*]`` embedded, ``spark://...`` or
 ``k8s://...`` in production).  Only a job started without spark-submit falls
-back to ``local[*]``.
+back to ``local[*]``.  With ``--spark-remote sc://host:port`` a job is instead a
+client of a long-lived Spark Connect server (``Settings.spark_remote``), which
+saves every task the start of a Spark application.
 """
 
 from __future__ import annotations
@@ -57,8 +59,44 @@ def _local_cores(master: str) -> int | None:
     return len(os.sched_getaffinity(0)) if n in (None, "*") else int(n)
 
 
-def session(app: str):
-    """A SparkSession with Arrow on, quiet console progress and the defaults above."""
+# Session-level (runtime SQL) settings a Spark Connect client may set on its own session;
+# the rest of SESSION_DEFAULTS are static and belong on the server (see server_conf).
+RUNTIME_KEYS = (
+    "spark.sql.execution.arrow.pyspark.enabled",
+    "spark.sql.session.timeZone",
+    "spark.sql.parquet.compression.codec",
+    "spark.sql.execution.arrow.maxRecordsPerBatch",
+    "spark.sql.parquet.columnarReaderBatchSize",
+)
+
+
+def _local_defaults(master: str) -> dict[str, str]:
+    """Extra defaults for a local master: 200 shuffle partitions are 200 tiny tasks on a few cores."""
+    cores = _local_cores(master)
+    return {"spark.sql.shuffle.partitions": str(max(2, 2 * cores))} if cores else {}
+
+
+def server_conf(master: str) -> dict[str, str]:
+    """--conf values for a Spark Connect server that serves these jobs (see ``services``)."""
+    conf = {**SESSION_DEFAULTS, **_local_defaults(master)}
+    cores = _local_cores(master)
+    if cores:
+        # A Connect client cannot ask the SparkContext; it reads this instead (parallelism()).
+        conf["spark.default.parallelism"] = str(cores)
+    return conf
+
+
+def session(app: str, remote: str = ""):
+    """A SparkSession with Arrow on, quiet console progress and the defaults above.
+
+    With ``remote`` (``sc://host:port``) the job is a client of a long-lived Spark
+    Connect server instead of starting its own application: no SparkContext is
+    created here and spark-submit's JVM stays idle.  A SIGTERM (Airflow killing the
+    task) then interrupts the session's running operations on the server before the
+    client exits, so a killed task never leaves a job writing on the server.
+    """
+    if remote:
+        return _remote_session(app, remote)
     from pyspark import SparkConf, SparkContext
     from pyspark.sql import SparkSession
 
@@ -70,17 +108,71 @@ def session(app: str):
     builder = SparkSession.builder.appName(app)
     if not given.contains("spark.master"):
         builder = builder.master("local[*]")
-    conf = dict(SESSION_DEFAULTS)
-    cores = _local_cores(given.get("spark.master", "local[*]"))
-    if cores:
-        # Local mode: a shuffle into 200 partitions is 200 tiny tasks on a few cores.
-        conf["spark.sql.shuffle.partitions"] = str(max(2, 2 * cores))
+    conf = {**SESSION_DEFAULTS, **_local_defaults(given.get("spark.master", "local[*]"))}
     for key, value in conf.items():
         if not given.contains(key):
             builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
+
+
+def _remote_session(app: str, remote: str):
+    import os
+    import signal
+
+    from pyspark.sql import SparkSession
+
+    # spark-submit exports MASTER (spark_default's master) to the Python driver; a client
+    # refuses to start with both a master and a remote, and the master is the server's.
+    os.environ.pop("MASTER", None)
+    spark = SparkSession.builder.remote(remote).appName(app).getOrCreate()
+    for key in RUNTIME_KEYS:
+        spark.conf.set(key, SESSION_DEFAULTS[key])
+    spark.addTag(app)
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def interrupt(signum, frame):
+        log.warning("SIGTERM: interrupting this job's operations on %s", remote)
+        try:
+            spark.interruptTag(app)
+        finally:
+            signal.signal(signal.SIGTERM, previous if callable(previous) else signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, interrupt)
+    log.info("running on the Spark Connect server at %s", remote)
+    return spark
+
+
+def is_remote(spark) -> bool:
+    """Whether ``spark`` is a Spark Connect client session."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
+def where(spark) -> dict[str, str]:
+    """Where a job ran, for its stage summary: its own application, or a Spark Connect server."""
+    if is_remote(spark):
+        return {"via": "spark-connect", "master": spark.conf.get("spark.master")}
+    return {"via": "spark-submit", "master": spark.sparkContext.master}
+
+
+def parallelism(spark) -> int:
+    """The default number of partitions: the SparkContext's, or the Connect server's setting."""
+    if not is_remote(spark):
+        return spark.sparkContext.defaultParallelism
+    given = spark.conf.get("spark.default.parallelism", None)
+    if given:
+        return int(given)
+    cores = _local_cores(spark.conf.get("spark.master", ""))
+    return cores or int(spark.conf.get("spark.sql.shuffle.partitions"))
+
+
+def num_partitions(df) -> int:
+    """Partitions of a DataFrame as read: exact classically, the number of input files over Connect."""
+    if is_remote(df.sparkSession):
+        return len(df.inputFiles())
+    return df.rdd.getNumPartitions()
 
 
 def spark_schema(schema):
@@ -104,7 +196,11 @@ def job_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--models-dir", default=s.models_dir)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=s.device)
     p.add_argument("--batch-size", type=int, default=s.batch_size)
+    p.add_argument("--backend", default=s.backend,
+                   help="inference backend (superres.engine.BACKENDS; auto: fast)")
     p.add_argument("--partitions", type=int, default=0, help="0: Spark's default parallelism")
+    p.add_argument("--spark-remote", default=s.spark_remote,
+                   help="sc://host:port of a Spark Connect server; empty: start a Spark application")
     return p
 
 

@@ -196,3 +196,46 @@ def spark_standalone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[
         stop_all()
     left = _cluster_processes(marker)
     assert left == [], f"Spark processes of this cluster still running: {left}"
+
+
+# =========================================================================== Spark Connect server
+@pytest.fixture(scope="module")
+def spark_connect(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """The project's own local Spark Connect server (``services.ensure_spark_connect``), local[2].
+
+    Started exactly as ``make run`` starts it, with its pid file and log in a temporary run
+    directory; teardown stops it with ``services.stop`` and checks that its process group,
+    Python workers included, is gone.
+    """
+    import os
+
+    from superres.orchestration import services
+
+    run_dir = tmp_path_factory.mktemp("spark-connect-run")
+    url = f"sc://127.0.0.1:{_free_port()}"
+    saved = os.environ.get("SUPERRES_RUN_DIR")
+    os.environ["SUPERRES_RUN_DIR"] = str(run_dir)
+    env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost"}
+    try:
+        status = services.ensure_spark_connect(url, env, master="local[2]")
+        yield {"url": url, "status": status, "env": env, "run_dir": run_dir}
+    finally:
+        pid_path = services.pid_file("spark-connect")  # the current server (a test may restart it)
+        leader = int(pid_path.read_text()) if pid_path.exists() else 0
+        services.stop("spark-connect")
+        if leader:
+            import time
+
+            deadline = time.time() + 20
+            while time.time() < deadline:
+                try:
+                    os.killpg(leader, 0)
+                except ProcessLookupError:
+                    break  # the JVM and its Python workers are all gone
+                time.sleep(0.2)
+            else:
+                pytest.fail(f"the Spark Connect server's process group {leader} outlived services.stop")
+        if saved is None:
+            os.environ.pop("SUPERRES_RUN_DIR", None)
+        else:
+            os.environ["SUPERRES_RUN_DIR"] = saved
