@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from superres import quality
@@ -90,7 +90,7 @@ def read_frames(spark, staging_uri: str, ds: str) -> tuple[dict[str, pd.DataFram
 
 
 def audit(storage: Storage, args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:
-    """Read the manifest and staged metadata, stop Spark, then run the gates on the driver.
+    """Read the manifest and the staged metadata, and run the gates (:func:`run_gates`).
 
     Returns the quality report and where the Spark reads ran (for the stage summary).
     """
@@ -99,10 +99,36 @@ def audit(storage: Storage, args: argparse.Namespace) -> tuple[dict[str, Any], d
     try:
         ran_on = where(spark)
         frames, missing = read_frames(spark, args.staging_uri, args.ds)
+        frames["manifest"] = quality.manifest_records(manifest)
+        report = run_gates(spark, frames, args.scale)
     finally:
         spark.stop()
-    frames["manifest"] = quality.manifest_records(manifest)
-    return {"ds": args.ds, **quality.run_suites(frames, args.scale), "missing_datasets": missing}, ran_on
+    return {"ds": args.ds, **report, "missing_datasets": missing}, ran_on
+
+
+def run_gates(spark, frames: Mapping[str, pd.DataFrame], scale: int) -> dict[str, Any]:
+    """:func:`superres.quality.run_suites` on the metadata frames, in one of Spark's Python workers.
+
+    Importing Great Expectations costs 7 to 14 s here, more than the gates themselves.  A
+    Spark Connect server's workers live from run to run, so there it is paid once per
+    server instead of once per run; a job with its own application pays it once either way.
+    The frames are metadata only (a row per image or tile), so they travel in the closure.
+    """
+    import json
+
+    import pyarrow as pa
+
+    def gates(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for _ in batches:
+            pass
+        from superres import quality as gx_gates
+
+        yield pa.RecordBatch.from_pylist([{"report": json.dumps(gx_gates.run_suites(frames, scale))}])
+
+    rows = spark.range(0, 1, 1, 1).mapInArrow(gates, "report string").collect()
+    if len(rows) != 1:
+        raise RuntimeError(f"the quality gates returned {len(rows)} reports instead of one")
+    return json.loads(rows[0]["report"])
 
 
 def error_report(ds: str, scale: int, exc: BaseException) -> dict[str, Any]:
