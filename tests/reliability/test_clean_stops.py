@@ -79,13 +79,16 @@ def _session_members(sids: set[int]) -> list[psutil.Process]:
 
 @pytest.mark.e2e
 def test_make_up_prints_a_fresh_password_once_and_make_down_leaves_nothing(tmp_path: Path) -> None:
-    ports = {"airflow": _free_port(), "notifier": _free_port(), "picsum": _free_port()}
+    ports = {"airflow": _free_port(), "notifier": _free_port(), "picsum": _free_port(),
+             "spark-connect": _free_port()}
     env = dict(os.environ,
                AIRFLOW_HOME=str(tmp_path / "airflow"), SUPERRES_RUN_DIR=str(tmp_path / "run"),
                SUPERRES_STORAGE_URI=str(tmp_path / "data"), AIRFLOW__API__PORT=str(ports["airflow"]),
                SUPERRES_NOTIFIER_URL=f"http://127.0.0.1:{ports['notifier']}",
-               SUPERRES_PICSUM_URL=f"http://127.0.0.1:{ports['picsum']}", PYTHONPATH=str(ROOT))
-    for name in ("AIRFLOW_CONN_NOTIFIER_DEFAULT", "SUPERRES_CALLBACK_SECRET", "NOTIFIER_DB"):
+               SUPERRES_PICSUM_URL=f"http://127.0.0.1:{ports['picsum']}", PYTHONPATH=str(ROOT),
+               SUPERRES_SPARK_CONNECT_LOCAL_URL=f"sc://127.0.0.1:{ports['spark-connect']}")
+    for name in ("AIRFLOW_CONN_NOTIFIER_DEFAULT", "SUPERRES_CALLBACK_SECRET", "NOTIFIER_DB",
+                 "SUPERRES_SPARK_REMOTE"):
         env.pop(name, None)
     run_dir = tmp_path / "run"
     sids: set[int] = set()
@@ -93,7 +96,7 @@ def test_make_up_prints_a_fresh_password_once_and_make_down_leaves_nothing(tmp_p
         up = subprocess.run([sys.executable, "-m", "superres.orchestration.stack", "up"], env=env, cwd=ROOT,
                             capture_output=True, text=True, timeout=900)
         assert up.returncode == 0, up.stdout + up.stderr
-        sids = {int((run_dir / f"{n}.pid").read_text()) for n in ("airflow", "notifier", "picsum")}
+        sids = {int((run_dir / f"{n}.pid").read_text()) for n in ports}
         stored = json.loads((tmp_path / "airflow/simple_auth_manager_passwords.json.generated").read_text())
         password = stored["admin"]
         assert len(password) >= 12 and password.lower() not in ("admin", "airflow", "password")
@@ -104,15 +107,16 @@ def test_make_up_prints_a_fresh_password_once_and_make_down_leaves_nothing(tmp_p
                                      headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=30) as resp:
             assert resp.status in (200, 201) and json.loads(resp.read())["access_token"]
-        for port in (ports["notifier"], ports["picsum"]):
+        for port in (ports["notifier"], ports["picsum"], ports["spark-connect"]):
             assert services.listening(f"http://127.0.0.1:{port}")
+        assert f"sc://127.0.0.1:{ports['spark-connect']}" in up.stdout  # the Spark Connect server
         members = _session_members(sids)
         assert len(members) >= 4  # standalone forks scheduler, api-server, dag-processor, triggerer
 
         again = subprocess.run([sys.executable, "-m", "superres.orchestration.stack", "up"], env=env,
                                cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert again.returncode == 0 and password not in again.stdout  # shown once only
-        assert again.stdout.count("reused") == 3
+        assert again.stdout.count("reused") == 4
 
         down = subprocess.run([sys.executable, "-m", "superres.orchestration.stack", "down"], env=env,
                               cwd=ROOT, capture_output=True, text=True, timeout=300)
