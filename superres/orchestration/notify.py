@@ -192,7 +192,7 @@ def notify(run: dict[str, Any] | None, context: dict[str, Any]) -> dict[str, Any
             if exc.retryable:  # Airflow retries the task (retries and backoff: see the DAG)
                 # Hold the date while a retry is coming: a next run of it would clear
                 # reports/ (this event included) before the event got through.
-                keep_date = (getattr(ti, "try_number", 1) or 1) <= (getattr(ti, "max_tries", 0) or 0)
+                keep_date = ti.try_number <= ti.max_tries
                 raise DeliveryFailed(f"{exc}; the event is saved in {saved}", retryable=True) from exc
             from airflow.sdk.exceptions import AirflowFailException
 

@@ -42,7 +42,10 @@ RUN_ID = "scheduled__2026-01-05T00:00:00+00:00"
 
 
 class FakeTI:
-    """The part of Airflow's task instance the callback uses: the run's task states."""
+    """The part of Airflow's task instance the callback uses: the run's task states and tries."""
+
+    try_number = 1
+    max_tries = 0  # no retry coming unless a test says so
 
     def __init__(self, states: dict[str, str] | None = None) -> None:
         self.states = states or {"fetch": "success", "report": "success"}
