@@ -6,8 +6,12 @@ The driver reads the manifest and the HR photos of the date's ``ok`` images
 from storage (through Python: the JVM has no s3a here) and hands them to the
 executors as rows, joined with the staged ``images`` (LR PNG) and ``outputs``
 (SR PNG).  Executors score SR and bicubic against HR (evaluate mode) and
-render the bicubic and comparison PNGs; rows stream back to the driver one
-partition at a time (``toLocalIterator``).
+render the bicubic and comparison PNGs, all in one parallel job that writes
+them to the ``evaluated`` staging Parquet, partitioned into chunks of
+``PUBLISH_CHUNK`` images.  The driver then fetches one chunk at a time and
+streams its files into staged partitions (``Storage.partition_writer``), so
+neither it nor a Spark Connect server ever holds more than one chunk of PNGs,
+however many images the date has.
 
 Evaluate mode applies the regression gate before anything is published: if
 SR does not beat bicubic, ``reports/ds=…/metrics.json`` is still written for
@@ -30,6 +34,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pyarrow as pa
+from pyspark.sql import functions as F
 
 from superres.evaluate import KEYS
 from superres.pipeline import layout
@@ -38,6 +43,7 @@ from superres.pipeline.evaluate import (
     ModelRegressionError,
     evaluate_batches,
     metrics_report,
+    publish_chunks,
     regression_gate,
 )
 from superres.pipeline.spark import (
@@ -113,48 +119,57 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             result = joined.repartition(max(1, min(parts, len(ids)))) \
                 .mapInArrow(evaluate, spark_schema(EVAL_SCHEMA))
+            chunk_of = publish_chunks(ids)
+            chunks = spark.createDataFrame(chunk_of, "image_id string, chunk int")
+            evaluated_path = layout.staging_path(args.staging_uri, "evaluated", ds)
+            result.join(F.broadcast(chunks), "image_id").write.mode("overwrite") \
+                .partitionBy("chunk").parquet(evaluated_path)
+            evaluated = spark.read.parquet(evaluated_path)
 
-            sr_files: dict[str, bytes] = {}
-            compare_files: dict[str, bytes] = {}
-            bicubic_files: dict[str, bytes] = {}
             scores: list[dict[str, Any]] = []
-            for row in result.toLocalIterator():
-                image_id, png = row["image_id"], bytes(row["png"])
-                if hashlib.sha256(png).hexdigest() != expected_sha[image_id]:
-                    raise RuntimeError(f"SR PNG of {image_id} does not match its staged sha256")
-                name = f"{image_id}.png"
-                if name in sr_files:
-                    raise RuntimeError(f"image {image_id} was evaluated twice")
-                sr_files[name] = png
-                compare_files[name] = bytes(row["compare_png"])
-                bicubic_files[name] = bytes(row["bicubic_png"])
+            with storage.partition_writer(layout.sr_prefix(ds)) as sr_files, \
+                    storage.partition_writer(compare_prefix(ds)) as compare_files, \
+                    storage.partition_writer(bicubic_prefix(ds)) as bicubic_files:
+                for chunk in range(chunk_of[-1][1] + 1):
+                    for row in evaluated.filter(F.col("chunk") == chunk).collect():
+                        image_id, png = row["image_id"], bytes(row["png"])
+                        if image_id not in expected_sha:
+                            raise RuntimeError(f"evaluated {image_id!r}, which is not staged for ds={ds}")
+                        if hashlib.sha256(png).hexdigest() != expected_sha[image_id]:
+                            raise RuntimeError(f"SR PNG of {image_id} does not match its staged sha256")
+                        name = f"{image_id}.png"
+                        if name in sr_files.entries:
+                            raise RuntimeError(f"image {image_id} was evaluated twice")
+                        sr_files.put(name, png)
+                        compare_files.put(name, bytes(row["compare_png"]))
+                        bicubic_files.put(name, bytes(row["bicubic_png"]))
+                        if mode == "evaluate":
+                            scores.append({"image_id": image_id, **{k: row[k] for k in KEYS}})
+                if len(sr_files.entries) != len(ids):
+                    raise RuntimeError(f"evaluated {len(sr_files.entries)} of {len(ids)} ok images")
+
+                report: dict[str, Any] | None = None
                 if mode == "evaluate":
-                    scores.append({"image_id": image_id, **{k: row[k] for k in KEYS}})
-            if len(sr_files) != len(ids):
-                raise RuntimeError(f"evaluated {len(sr_files)} of {len(ids)} ok images")
+                    report = metrics_report(ds, scale, scores)
+                    try:
+                        regression_gate(report)
+                    except ModelRegressionError:
+                        storage.write_json(metrics_key, report)  # for diagnosis; nothing is published
+                        log.error("regression gate failed for ds=%s; see %s", ds, storage.uri(metrics_key))
+                        raise
 
-            report: dict[str, Any] | None = None
-            if mode == "evaluate":
-                report = metrics_report(ds, scale, scores)
-                try:
-                    regression_gate(report)
-                except ModelRegressionError:
-                    storage.write_json(metrics_key, report)  # for diagnosis; nothing is published
-                    log.error("regression gate failed for ds=%s; see %s", ds, storage.uri(metrics_key))
-                    raise
-
-            # Publish only what was audited; each partition is replaced whole, _SUCCESS last.
-            marker = storage.replace_partition(layout.sr_prefix(ds), sr_files)
-            storage.replace_partition(compare_prefix(ds), compare_files)
-            storage.replace_partition(bicubic_prefix(ds), bicubic_files)
+                # Publish only what was audited; each partition is replaced whole, _SUCCESS last.
+                marker = sr_files.commit()
+                compare_files.commit()
+                bicubic_files.commit()
             published = {"sr": layout.sr_prefix(ds), "compare": compare_prefix(ds),
                          "bicubic": bicubic_prefix(ds)}
             if report is not None:
                 storage.write_json(metrics_key, report)
                 published["metrics"] = metrics_key
                 summary.update(mean=report["mean"])
-            summary.update(images=len(sr_files), sr_bytes=marker["total_bytes"],
-                           compare=len(compare_files), bicubic=len(bicubic_files),
+            summary.update(images=len(sr_files.entries), sr_bytes=marker["total_bytes"],
+                           compare=len(compare_files.entries), bicubic=len(bicubic_files.entries),
                            outputs={k: storage.uri(v) for k, v in published.items()}, published=True)
     finally:
         spark.stop()

@@ -90,7 +90,15 @@ def sha256_hex(data: bytes) -> str:
 
 def _marker(prefix: str, files: Mapping[str, bytes]) -> dict[str, Any]:
     """The ``_SUCCESS`` body: deterministic (no timestamps) so reruns are byte-identical."""
-    listing = {name: {"sha256": sha256_hex(data), "bytes": len(data)} for name, data in sorted(files.items())}
+    return _marker_of(prefix, {name: _entry(data) for name, data in files.items()})
+
+
+def _entry(data: bytes) -> dict[str, Any]:
+    return {"sha256": sha256_hex(data), "bytes": len(data)}
+
+
+def _marker_of(prefix: str, entries: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    listing = {name: dict(entries[name]) for name in sorted(entries)}
     return {
         "partition": prefix.rstrip("/"),
         "count": len(listing),
@@ -99,13 +107,17 @@ def _marker(prefix: str, files: Mapping[str, bytes]) -> dict[str, Any]:
     }
 
 
+def _check_partition_file(name: str, data: Any) -> None:
+    validate_key(name)
+    if name == SUCCESS or name.endswith("/" + SUCCESS):
+        raise ValueError(f"{SUCCESS!r} is written by the partition publisher itself; do not pass it")
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"partition file {name!r} must be bytes, got {type(data).__name__}")
+
+
 def _check_partition_files(files: Mapping[str, bytes]) -> None:
     for name, data in files.items():
-        validate_key(name)
-        if name == SUCCESS or name.endswith("/" + SUCCESS):
-            raise ValueError(f"{SUCCESS!r} is written by replace_partition itself; do not pass it")
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"partition file {name!r} must be bytes, got {type(data).__name__}")
+        _check_partition_file(name, data)
 
 
 def _dumps(obj: Any) -> bytes:
@@ -157,6 +169,16 @@ class Storage(abc.ABC):
         ``_SUCCESS`` marker that was published.
         """
 
+    @abc.abstractmethod
+    def partition_writer(self, prefix: str) -> PartitionWriter:
+        """:meth:`replace_partition` for files that arrive one at a time.
+
+        Files are staged out of sight as they are put, so memory stays at one
+        file however large the partition; the partition in place is untouched
+        until :meth:`PartitionWriter.commit` (a writer closed without a commit
+        discards what it staged).
+        """
+
     # Shared helpers -----------------------------------------------------------
 
     def read_json(self, key: str) -> Any:
@@ -189,6 +211,68 @@ class Storage(abc.ABC):
                 raise StorageError(f"{self.uri(prefix + name)} does not match its {SUCCESS} checksum")
             out[name] = data
         return out
+
+
+class PartitionWriter(abc.ABC):
+    """Stages one partition's files, then publishes them as a whole (or discards them).
+
+    Use as a context manager: leaving the block without :meth:`commit` (an
+    error, a failed gate) discards the staged files and leaves the partition
+    as it was.
+    """
+
+    def __init__(self, prefix: str) -> None:
+        prefix = validate_prefix(prefix)
+        if not prefix:
+            raise ValueError("a partition needs a non-empty prefix")
+        self.prefix = prefix
+        self.entries: dict[str, dict[str, Any]] = {}
+        self.marker: dict[str, Any] | None = None
+        self._closed = False
+
+    def put(self, name: str, data: bytes) -> None:
+        """Stage one file of the partition (a name may be put only once)."""
+        if self._closed:
+            raise RuntimeError(f"partition writer for {self.prefix!r} is already closed")
+        _check_partition_file(name, data)
+        if name in self.entries:
+            raise ValueError(f"partition file {name!r} was already put into {self.prefix!r}")
+        self._stage(name, bytes(data))
+        self.entries[name] = _entry(data)
+
+    def commit(self) -> dict[str, Any]:
+        """Publish the staged files as the whole partition; returns the ``_SUCCESS`` marker."""
+        if self._closed:
+            raise RuntimeError(f"partition writer for {self.prefix!r} is already closed")
+        marker = _marker_of(self.prefix, self.entries)
+        try:
+            self._publish(marker)
+        finally:
+            self._closed = True
+            self._discard()
+        self.marker = marker
+        return marker
+
+    def abort(self) -> None:
+        """Drop what was staged; the published partition stays as it was."""
+        if not self._closed:
+            self._closed = True
+            self._discard()
+
+    def __enter__(self) -> PartitionWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.abort()
+
+    @abc.abstractmethod
+    def _stage(self, name: str, data: bytes) -> None: ...
+
+    @abc.abstractmethod
+    def _publish(self, marker: dict[str, Any]) -> None: ...
+
+    @abc.abstractmethod
+    def _discard(self) -> None: ...
 
 
 # --------------------------------------------------------------------------- local
@@ -275,34 +359,46 @@ class LocalStorage(Storage):
         return str(self._dir(key)) if key.endswith("/") or key == "" else str(self._path(key))
 
     def replace_partition(self, prefix: str, files: Mapping[str, bytes]) -> dict[str, Any]:
-        prefix = validate_prefix(prefix)
-        if not prefix:
-            raise ValueError("replace_partition needs a non-empty prefix")
         _check_partition_files(files)
-        target = self._dir(prefix)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # 1. Unpublish: readers gating on _SUCCESS stop trusting the old partition now.
-        (target / SUCCESS).unlink(missing_ok=True)
-        tag = uuid.uuid4().hex
-        tmp = target.with_name(f"{_TMP_PREFIX}tmp-{tag}-{target.name}")
-        old = target.with_name(f"{_TMP_PREFIX}old-{tag}-{target.name}")
-        marker = _marker(prefix, files)
-        try:
-            # 2. Write the complete new partition beside the old one, marker last.
+        with self.partition_writer(prefix) as writer:
             for name, data in files.items():
-                path = tmp.joinpath(*name.split("/"))
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(bytes(data))
-            tmp.mkdir(parents=True, exist_ok=True)
-            (tmp / SUCCESS).write_bytes(_dumps(marker))
-            # 3. Swap: the old set disappears as a whole, so nothing stale can survive.
-            if target.exists():
-                os.rename(target, old)
-            os.rename(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.rmtree(old, ignore_errors=True)
-        return marker
+                writer.put(name, data)
+            return writer.commit()
+
+    def partition_writer(self, prefix: str) -> PartitionWriter:
+        return _LocalPartitionWriter(self, prefix)
+
+
+class _LocalPartitionWriter(PartitionWriter):
+    """Files go to a hidden directory beside the partition; commit swaps the two by rename."""
+
+    def __init__(self, storage: LocalStorage, prefix: str) -> None:
+        super().__init__(prefix)
+        self.target = storage._dir(self.prefix)
+        tag = uuid.uuid4().hex
+        self.tmp = self.target.with_name(f"{_TMP_PREFIX}tmp-{tag}-{self.target.name}")
+        self.old = self.target.with_name(f"{_TMP_PREFIX}old-{tag}-{self.target.name}")
+
+    def _stage(self, name: str, data: bytes) -> None:
+        path = self.tmp.joinpath(*name.split("/"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+    def _publish(self, marker: dict[str, Any]) -> None:
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        # 1. Unpublish: readers gating on _SUCCESS stop trusting the old partition now.
+        (self.target / SUCCESS).unlink(missing_ok=True)
+        # 2. The complete new partition is beside the old one; its marker goes last.
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        (self.tmp / SUCCESS).write_bytes(_dumps(marker))
+        # 3. Swap: the old set disappears as a whole, so nothing stale can survive.
+        if self.target.exists():
+            os.rename(self.target, self.old)
+        os.rename(self.tmp, self.target)
+
+    def _discard(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        shutil.rmtree(self.old, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- S3
@@ -456,7 +552,8 @@ class S3Storage(Storage):
 
     def list(self, prefix: str = "") -> list[str]:
         full_prefix = self.base + validate_prefix(prefix)
-        return sorted(k[len(self.base):] for k in self._list_full(full_prefix))
+        return sorted(k[len(self.base):] for k in self._list_full(full_prefix)
+                      if not k[len(self.base):].startswith(_TMP_PREFIX))
 
     def _delete_full(self, full_keys: Iterable[str]) -> int:
         keys = list(full_keys)
@@ -500,6 +597,42 @@ class S3Storage(Storage):
         marker = _marker(prefix, files)
         self.write_bytes(prefix + SUCCESS, _dumps(marker), content_type="application/json")
         return marker
+
+    def partition_writer(self, prefix: str) -> PartitionWriter:
+        return _S3PartitionWriter(self, prefix)
+
+
+class _S3PartitionWriter(PartitionWriter):
+    """Files go under a hidden staging prefix; commit copies them into place server-side.
+
+    The copy (CopyObject) moves no bytes through this process, and the same
+    unpublish / write / drop stale / publish order as ``replace_partition``
+    keeps readers that gate on ``_SUCCESS`` safe.
+    """
+
+    def __init__(self, storage: S3Storage, prefix: str) -> None:
+        super().__init__(prefix)
+        self.s3 = storage
+        self.staging = f"{storage.base}{_TMP_PREFIX}staging/{uuid.uuid4().hex}/"
+
+    def _stage(self, name: str, data: bytes) -> None:
+        s3, key = self.s3, self.staging + name
+        ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        s3._call("write", key, s3.client.put_object, Bucket=s3.bucket, Key=key, Body=data, ContentType=ctype)
+
+    def _publish(self, marker: dict[str, Any]) -> None:
+        s3 = self.s3
+        full = s3.base + self.prefix
+        s3._call("unpublish", full + SUCCESS, s3.client.delete_object, Bucket=s3.bucket, Key=full + SUCCESS)
+        for name in sorted(self.entries):
+            s3._call("copy", full + name, s3.client.copy_object, Bucket=s3.bucket, Key=full + name,
+                     CopySource={"Bucket": s3.bucket, "Key": self.staging + name})
+        keep = {full + name for name in self.entries}
+        s3._delete_full(k for k in s3._list_full(full) if k not in keep)
+        s3.write_bytes(self.prefix + SUCCESS, _dumps(marker), content_type="application/json")
+
+    def _discard(self) -> None:
+        self.s3._delete_full(self.s3._list_full(self.staging))
 
 
 # --------------------------------------------------------------------------- factory

@@ -21,6 +21,7 @@ from PIL import Image
 from superres import colour, images, metrics
 from superres.evaluate import KEYS, bicubic_y, mean_of, protocol_pair
 from superres.model import ModelSpec
+from superres.pipeline import evaluate as stage
 from superres.pipeline import layout
 from superres.pipeline.evaluate import (
     COMPARE_CROP,
@@ -33,6 +34,7 @@ from superres.pipeline.evaluate import (
     evaluate_batches,
     evaluate_image,
     metrics_report,
+    publish_chunks,
     regression_gate,
     texture_window,
     upscale_artifacts,
@@ -186,6 +188,16 @@ def test_evaluate_batches_yields_one_record_per_image() -> None:
 # --------------------------------------------------------------------------- report and gate
 
 
+def test_publish_chunks_cover_every_id_once_in_bounded_sorted_groups() -> None:
+    ids = [f"i{n:02d}" for n in (5, 3, 9, 1, 7)]
+    assert publish_chunks(ids, 2) == [("i01", 0), ("i03", 0), ("i05", 1), ("i07", 1), ("i09", 2)]
+    assert publish_chunks(ids, 8) == [(i, 0) for i in sorted(ids)]
+    assert len(publish_chunks([f"{n}" for n in range(64)])) == 64
+    assert max(c for _, c in publish_chunks([f"{n:02d}" for n in range(64)])) == 64 // stage.PUBLISH_CHUNK - 1
+    with pytest.raises(ValueError, match="at least 1"):
+        publish_chunks(ids, 0)
+
+
 def test_metrics_report_has_the_exact_shape() -> None:
     rows = [
         {"image_id": "b", "psnr": 31.0, "ssim": 0.9, "psnr_bicubic": 30.0, "ssim_bicubic": 0.88,
@@ -280,6 +292,8 @@ def test_spark_evaluate_job_publishes_only_after_the_gate(tmp_path: Path,
                          "--scale", str(SCALE), "--mode", "evaluate", "--partitions", "1"])
 
     # 1. A model that beats bicubic: everything is published; a stale file from an earlier run goes.
+    # One image per publish chunk, so the driver fetches the results in two round trips.
+    monkeypatch.setattr(stage, "PUBLISH_CHUNK", 1)
     good = "2026-01-05"
     staged = stage_day(storage, staging, good, "good")
     storage.replace_partition(layout.sr_prefix(good), {"stale.png": b"old"})
@@ -299,6 +313,8 @@ def test_spark_evaluate_job_publishes_only_after_the_gate(tmp_path: Path,
     assert report["mean"]["psnr"] > report["mean"]["psnr_bicubic"]
     summary = storage.read_json(layout.report_key(good, "stages/evaluate.json"))
     assert summary["published"] is True and summary["images"] == 2
+    evaluated = Path(layout.staging_path(str(staging), "evaluated", good))
+    assert sorted(p.name for p in evaluated.glob("chunk=*")) == ["chunk=0", "chunk=1"]
     assert summary["mean"] == report["mean"]
 
     # 2. A model worse than bicubic: the job fails, metrics.json explains why, nothing is published.

@@ -149,6 +149,62 @@ def test_replace_partition_refuses_reserved_and_non_bytes(store: Storage) -> Non
     assert store.list("") == []
 
 
+def test_partition_writer_streams_files_and_publishes_like_replace_partition(store: Storage) -> None:
+    store.replace_partition("sr/ds=2026-01-05", {"stale.png": b"old", "kept.png": b"v1"})
+    store.write_bytes("sr/ds=2026-01-04/other.png", b"neighbour")
+    files = {"kept.png": b"v2", "new.png": b"fresh", "sub/x.bin": b"nested"}
+    with store.partition_writer("sr/ds=2026-01-05") as writer:
+        for name, data in files.items():
+            writer.put(name, data)
+        # Staged, not published: the partition in place is still the old one, and the
+        # staged files are invisible to listings at any level.
+        assert store.read_partition("sr/ds=2026-01-05") == {"stale.png": b"old", "kept.png": b"v1"}
+        assert store.list("") == ["sr/ds=2026-01-04/other.png", "sr/ds=2026-01-05/_SUCCESS",
+                                  "sr/ds=2026-01-05/kept.png", "sr/ds=2026-01-05/stale.png"]
+        marker = writer.commit()
+    assert store.read_partition("sr/ds=2026-01-05") == files  # the stale file is gone
+    assert marker == store.read_marker("sr/ds=2026-01-05")
+    # Byte-identical to publishing the same files in one call: one marker format for both paths.
+    assert marker == store.replace_partition("sr/ds=2026-01-05", files)
+    assert store.list("") == ["sr/ds=2026-01-04/other.png", "sr/ds=2026-01-05/_SUCCESS",
+                              "sr/ds=2026-01-05/kept.png", "sr/ds=2026-01-05/new.png",
+                              "sr/ds=2026-01-05/sub/x.bin"]
+
+
+def test_partition_writer_without_commit_leaves_the_partition_and_no_trace(store: Storage) -> None:
+    store.replace_partition("sr/ds=2026-01-05", {"a.png": b"published"})
+    before = snapshot(store)
+    with pytest.raises(RuntimeError, match="gate"), store.partition_writer("sr/ds=2026-01-05") as writer:
+        writer.put("a.png", b"candidate")
+        writer.put("b.png", b"candidate")
+        raise RuntimeError("the gate failed")
+    assert snapshot(store) == before
+    with store.partition_writer("sr/ds=2026-01-05") as writer:
+        writer.put("a.png", b"never committed")
+    assert snapshot(store) == before
+    if isinstance(store, S3Storage):  # nothing left in the hidden staging area either
+        assert store._list_full(store.base) == [store.base + k for k in sorted(before)]
+    else:
+        assert sorted(p.name for p in (store.root / "sr").iterdir()) == ["ds=2026-01-05"]
+
+
+def test_partition_writer_refuses_duplicates_reserved_names_and_use_after_close(store: Storage) -> None:
+    with store.partition_writer("part") as writer:
+        writer.put("a.bin", b"x")
+        with pytest.raises(ValueError, match="already put"):
+            writer.put("a.bin", b"y")
+        with pytest.raises(ValueError, match="_SUCCESS"):
+            writer.put("_SUCCESS", b"forged")
+        with pytest.raises(TypeError):
+            writer.put("b.txt", "not bytes")  # type: ignore[arg-type]
+        assert writer.commit()["count"] == 1
+        with pytest.raises(RuntimeError, match="closed"):
+            writer.put("c.bin", b"late")
+    with pytest.raises(ValueError):
+        store.partition_writer("")
+    assert store.read_partition("part") == {"a.bin": b"x"}
+
+
 def test_read_partition_detects_tampering_and_unpublished(store: Storage) -> None:
     with pytest.raises(ObjectNotFound, match="not published"):
         store.read_partition("part")

@@ -37,6 +37,9 @@ from superres.resize import crop_to_multiple, resize_plane
 PSNR_CAP_DB = 200.0
 COMPARE_CROP = 160  # side of the comparison window, in HR/SR pixels
 COMPARE_GAP = 4  # pixels between panels
+# Images per driver round trip when publishing: what the driver (and a Spark Connect
+# server, which gathers a whole result before sending it) holds at once, whatever the batch.
+PUBLISH_CHUNK = 8
 GAP_COLOUR = 255  # white gutters
 
 EVAL_SCHEMA = pa.schema([
@@ -205,6 +208,14 @@ def evaluate_batches(batches: Iterator[pa.RecordBatch], *, mode: str,
         for i in range(batch.num_rows):
             row = batch.slice(i, 1).to_pylist()[0]
             yield pa.RecordBatch.from_pylist([evaluate_row(row, mode, scale)], schema=EVAL_SCHEMA)
+
+
+def publish_chunks(ids: Sequence[str], size: int | None = None) -> list[tuple[str, int]]:
+    """(image_id, chunk) for the sorted ids: the driver fetches one chunk of results at a time."""
+    size = PUBLISH_CHUNK if size is None else size
+    if size < 1:
+        raise ValueError(f"publish chunk size must be at least 1, got {size}")
+    return [(image_id, n // size) for n, image_id in enumerate(sorted(ids))]
 
 
 # --------------------------------------------------------------------------- report and gate

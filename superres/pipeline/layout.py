@@ -18,7 +18,7 @@ import re
 
 _DS = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
-DATASETS = ("images", "tiles", "sr_tiles", "outputs", "metrics")
+DATASETS = ("images", "tiles", "sr_tiles", "outputs", "evaluated", "metrics")
 
 
 def check_ds(ds: str) -> str:
