@@ -47,6 +47,7 @@ from superres.pipeline.evaluate import (
     regression_gate,
 )
 from superres.pipeline.spark import (
+    IMAGE_ROWS_PER_BATCH,
     job_parser,
     parallelism,
     parse,
@@ -94,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ds, scale, mode = args.ds, args.scale, args.mode
     storage = open_storage(args.storage_uri)
     metrics_key = layout.report_key(ds, "metrics.json")
-    spark = session(f"superres-evaluate-{ds}", args.spark_remote)
+    spark = session(f"superres-evaluate-{ds}", args.spark_remote, IMAGE_ROWS_PER_BATCH)
     try:
         with stage_summary(storage, ds, "evaluate", {"mode": mode, "scale": scale}) as summary:
             summary.update(spark=where(spark))

@@ -25,7 +25,15 @@ from typing import TYPE_CHECKING, Any
 
 from superres import quality
 from superres.pipeline import layout
-from superres.pipeline.spark import is_remote, job_parser, parse, session, stage_summary, where
+from superres.pipeline.spark import (
+    IMAGE_ROWS_PER_BATCH,
+    is_remote,
+    job_parser,
+    parse,
+    session,
+    stage_summary,
+    where,
+)
 from superres.storage import Storage, open_storage
 
 if TYPE_CHECKING:
@@ -95,7 +103,7 @@ def audit(storage: Storage, args: argparse.Namespace) -> tuple[dict[str, Any], d
     Returns the quality report and where the Spark reads ran (for the stage summary).
     """
     manifest = storage.read_json(layout.manifest_key(args.ds))
-    spark = session(f"superres-quality-{args.ds}", args.spark_remote)
+    spark = session(f"superres-quality-{args.ds}", args.spark_remote, IMAGE_ROWS_PER_BATCH)
     try:
         ran_on = where(spark)
         frames, missing = read_frames(spark, args.staging_uri, args.ds)

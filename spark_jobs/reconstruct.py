@@ -18,7 +18,7 @@ import pandas as pd
 from superres import tiling
 from superres.pipeline import layout
 from superres.pipeline.reconstruct import OUTPUT_SCHEMA, reconstruct_image
-from superres.pipeline.spark import job_parser, parse, session, stage_summary, where
+from superres.pipeline.spark import IMAGE_ROWS_PER_BATCH, job_parser, parse, session, stage_summary, where
 from superres.storage import open_storage
 
 
@@ -26,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse(job_parser(__doc__), argv)
     storage = open_storage(args.storage_uri)
     scale = args.scale
-    spark = session(f"superres-reconstruct-{args.ds}", args.spark_remote)
+    spark = session(f"superres-reconstruct-{args.ds}", args.spark_remote, IMAGE_ROWS_PER_BATCH)
     try:
         with stage_summary(storage, args.ds, "reconstruct", {"scale": scale}) as summary:
             summary.update(spark=where(spark))

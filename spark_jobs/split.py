@@ -17,6 +17,7 @@ import pyarrow as pa
 from superres.model import ModelSpec
 from superres.pipeline import layout
 from superres.pipeline.spark import (
+    IMAGE_ROWS_PER_BATCH,
     job_parser,
     parallelism,
     parse,
@@ -34,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     storage = open_storage(args.storage_uri)
     manifest = storage.read_json(layout.manifest_key(args.ds))
     halo = ModelSpec(scale=args.scale).halo
-    spark = session(f"superres-split-{args.ds}", args.spark_remote)
+    spark = session(f"superres-split-{args.ds}", args.spark_remote, IMAGE_ROWS_PER_BATCH)
     try:
         with stage_summary(storage, args.ds, "split", {"mode": args.mode, "scale": args.scale,
                                                         "tile_size": args.tile_size}) as summary:
