@@ -9,7 +9,9 @@ import sys
 import zipfile
 from pathlib import Path
 
-from superres.pipeline.spark import SESSION_DEFAULTS, server_conf
+import pytest
+
+from superres.pipeline.spark import IMAGE_ROWS_PER_BATCH, SESSION_DEFAULTS, server_conf
 
 PROBE = """
 import json, sys
@@ -64,3 +66,35 @@ def test_server_conf_carries_the_session_defaults_and_local_parallelism() -> Non
     assert conf["spark.sql.shuffle.partitions"] == "6"
     cluster = server_conf("spark://master:7077")
     assert "spark.default.parallelism" not in cluster and "spark.sql.shuffle.partitions" not in cluster
+
+
+BATCH_PROBE = """
+import json, sys
+from superres.pipeline.spark import session
+
+def sizes(batches):
+    import pyarrow as pa
+    for b in batches:
+        yield pa.RecordBatch.from_pylist([{"n": b.num_rows}])
+
+def probe(spark):
+    return [r["n"] for r in spark.range(0, 40, 1, 1).mapInArrow(sizes, "n long").collect()]
+
+default = probe(session("batch-probe"))
+images = probe(session("batch-probe", rows_per_batch=int(sys.argv[1])))
+print("PROBE " + json.dumps({"default": default, "images": images}))
+"""
+
+
+@pytest.mark.spark
+def test_image_jobs_hand_their_workers_a_few_rows_at_a_time() -> None:
+    """rows_per_batch reaches the Python workers: 40 rows arrive as batches of 4, not one of 32 and 8."""
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1",
+           "PYSPARK_SUBMIT_ARGS": "--master local[1] pyspark-shell"}
+    out = subprocess.run([sys.executable, "-c", BATCH_PROBE, str(IMAGE_ROWS_PER_BATCH)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    line = next(x for x in out.stdout.splitlines() if x.startswith("PROBE "))
+    got = json.loads(line[len("PROBE "):])
+    assert got["default"] == [32, 8]  # the session default, sized for tiles
+    assert got["images"] == [IMAGE_ROWS_PER_BATCH] * (40 // IMAGE_ROWS_PER_BATCH)
