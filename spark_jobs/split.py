@@ -54,13 +54,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             imgs.write.mode("overwrite").parquet(layout.staging_path(args.staging_uri, "images", args.ds))
             tiles = imgs.filter("status = 'ok'").mapInArrow(cut_tiles, spark_schema(TILE_SCHEMA))
             tiles.write.mode("overwrite").parquet(layout.staging_path(args.staging_uri, "tiles", args.ds))
-            counts = {r["status"]: r["n"] for r in imgs.groupBy("status").count()
-                      .withColumnRenamed("count", "n").collect()}
-            quarantine = [r.asDict() for r in imgs.filter("status != 'ok'")
-                          .select("image_id", "reason", "message").collect()]
-            summary.update(images=len(rows), ok=counts.get("ok", 0), quarantine=quarantine,
-                           quarantined=counts.get("quarantined", 0),
-                           tiles=int(imgs.filter("status = 'ok'").agg({"tiles": "sum"}).first()[0] or 0))
+            # One small collect (no pixels) for the whole summary: every Spark action is a round trip.
+            meta = imgs.select("image_id", "status", "reason", "message", "tiles").collect()
+            ok = [r for r in meta if r["status"] == "ok"]
+            quarantine = [{k: r[k] for k in ("image_id", "reason", "message")}
+                          for r in meta if r["status"] != "ok"]
+            summary.update(images=len(rows), ok=len(ok), quarantine=quarantine,
+                           quarantined=sum(r["status"] == "quarantined" for r in meta),
+                           tiles=sum(int(r["tiles"] or 0) for r in ok))
     finally:
         spark.stop()
     return 0
