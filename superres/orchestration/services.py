@@ -161,6 +161,12 @@ def spark_submit_binary() -> str:
     return shutil.which("spark-submit") or str(Path(sys.executable).with_name("spark-submit"))
 
 
+# G1 runs a concurrent cycle after 5 s without a collection (between jobs) and, at its end,
+# shrinks the heap to at most 30 % free; MinHeapFreeRatio is lowered to match.
+SERVER_JVM_OPTIONS = " ".join(("-XX:+UseG1GC", "-XX:G1PeriodicGCInterval=5000",
+                               "-XX:MinHeapFreeRatio=10", "-XX:MaxHeapFreeRatio=30"))
+
+
 def spark_connect_cmd(url: str, master: str = "local[*]", driver_memory: str = "2g") -> list[str]:
     """spark-submit command line of a Spark Connect server on ``url`` (loopback only)."""
     from superres.pipeline.spark import server_conf
@@ -174,6 +180,9 @@ def spark_connect_cmd(url: str, master: str = "local[*]", driver_memory: str = "
         "spark.driver.host": host,
         "spark.driver.bindAddress": host,
         "spark.driver.memory": driver_memory,
+        # A long-lived server should hand back heap it no longer needs: G1 otherwise keeps
+        # whatever a big job made it expand to, so its RSS ratchets up with the server's age.
+        "spark.driver.extraJavaOptions": SERVER_JVM_OPTIONS,
     }
     cmd = [spark_submit_binary(), "--class", SPARK_CONNECT_CLASS, "--name", "superres-spark-connect",
            "--master", master]
