@@ -93,4 +93,4 @@ def test_cluster_run_on_s3_is_byte_identical_to_local_run(
     assert master["activeapps"] == []
     # ...and staging went to the cluster's staging URI, not the local run's.
     staged = tmp_path / "cluster-staging"
-    assert sorted(p.name for p in staged.iterdir()) == ["images", "outputs", "sr_tiles", "tiles"]
+    assert sorted(p.name for p in staged.iterdir()) == ["evaluated", "images", "outputs", "sr_tiles", "tiles"]
