@@ -31,9 +31,11 @@ import logging
 import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
 from typing import Any
 
 import pyarrow as pa
+from pyspark.sql import DataFrame, Row
 from pyspark.sql import functions as F
 
 from superres.evaluate import KEYS
@@ -90,6 +92,22 @@ def hr_rows(storage: Storage, manifest: dict[str, Any], ids: Sequence[str]) -> l
     return [(i, storage.read_bytes(keys[i])) for i in ids]
 
 
+def chunk_rows(evaluated: DataFrame, n_chunks: int) -> Iterator[Row]:
+    """The evaluated rows, one chunk (a partition directory) per fetch, so the driver holds one at a time."""
+    for chunk in range(n_chunks):
+        yield from evaluated.filter(F.col("chunk") == chunk).collect()
+
+
+def audited_png(row: Row, expected_sha: dict[str, str], ds: str) -> bytes:
+    """The row's SR PNG, after checking it is the output staged for that image, byte for byte."""
+    image_id, png = row["image_id"], bytes(row["png"])
+    if image_id not in expected_sha:
+        raise RuntimeError(f"evaluated {image_id!r}, which is not staged for ds={ds}")
+    if hashlib.sha256(png).hexdigest() != expected_sha[image_id]:
+        raise RuntimeError(f"SR PNG of {image_id} does not match its staged sha256")
+    return png
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(job_parser(__doc__), argv)
     ds, scale, mode = args.ds, args.scale, args.mode
@@ -128,24 +146,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             evaluated = spark.read.parquet(evaluated_path)
 
             scores: list[dict[str, Any]] = []
-            with storage.partition_writer(layout.sr_prefix(ds)) as sr_files, \
-                    storage.partition_writer(compare_prefix(ds)) as compare_files, \
-                    storage.partition_writer(bicubic_prefix(ds)) as bicubic_files:
-                for chunk in range(chunk_of[-1][1] + 1):
-                    for row in evaluated.filter(F.col("chunk") == chunk).collect():
-                        image_id, png = row["image_id"], bytes(row["png"])
-                        if image_id not in expected_sha:
-                            raise RuntimeError(f"evaluated {image_id!r}, which is not staged for ds={ds}")
-                        if hashlib.sha256(png).hexdigest() != expected_sha[image_id]:
-                            raise RuntimeError(f"SR PNG of {image_id} does not match its staged sha256")
-                        name = f"{image_id}.png"
-                        if name in sr_files.entries:
-                            raise RuntimeError(f"image {image_id} was evaluated twice")
-                        sr_files.put(name, png)
-                        compare_files.put(name, bytes(row["compare_png"]))
-                        bicubic_files.put(name, bytes(row["bicubic_png"]))
-                        if mode == "evaluate":
-                            scores.append({"image_id": image_id, **{k: row[k] for k in KEYS}})
+            with ExitStack() as stack:
+                sr_files, compare_files, bicubic_files = (
+                    stack.enter_context(storage.partition_writer(prefix))
+                    for prefix in (layout.sr_prefix(ds), compare_prefix(ds), bicubic_prefix(ds)))
+                for row in chunk_rows(evaluated, chunk_of[-1][1] + 1):
+                    name = f"{row['image_id']}.png"
+                    sr_files.put(name, audited_png(row, expected_sha, ds))
+                    compare_files.put(name, bytes(row["compare_png"]))
+                    bicubic_files.put(name, bytes(row["bicubic_png"]))
+                    if mode == "evaluate":
+                        scores.append({"image_id": row["image_id"], **{k: row[k] for k in KEYS}})
                 if len(sr_files.entries) != len(ids):
                     raise RuntimeError(f"evaluated {len(sr_files.entries)} of {len(ids)} ok images")
 

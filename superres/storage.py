@@ -227,7 +227,6 @@ class PartitionWriter(abc.ABC):
             raise ValueError("a partition needs a non-empty prefix")
         self.prefix = prefix
         self.entries: dict[str, dict[str, Any]] = {}
-        self.marker: dict[str, Any] | None = None
         self._closed = False
 
     def put(self, name: str, data: bytes) -> None:
@@ -250,7 +249,6 @@ class PartitionWriter(abc.ABC):
         finally:
             self._closed = True
             self._discard()
-        self.marker = marker
         return marker
 
     def abort(self) -> None:
