@@ -68,7 +68,7 @@ def test_server_conf_carries_the_session_defaults_and_local_parallelism() -> Non
     assert "spark.default.parallelism" not in cluster and "spark.sql.shuffle.partitions" not in cluster
 
 
-BATCH_PROBE = """
+WORKER_PROBE = """
 import json, sys
 from superres.pipeline.spark import session
 
@@ -77,24 +77,80 @@ def sizes(batches):
     for b in batches:
         yield pa.RecordBatch.from_pylist([{"n": b.num_rows}])
 
+def daemon(batches):
+    import pyarrow as pa, sys, zipimport
+    kept = getattr(zipimport.zipimporter.invalidate_caches, "kept_archives", None)
+    yield pa.RecordBatch.from_pylist([{"module": sys.modules["__main__"].__spec__.name,
+                                       "kept": json.dumps(sorted(kept or []))}])
+
 def probe(spark):
     return [r["n"] for r in spark.range(0, 40, 1, 1).mapInArrow(sizes, "n long").collect()]
 
-default = probe(session("batch-probe"))
+spark = session("batch-probe")
+default = probe(spark)
+worker = spark.range(0, 1, 1, 1).mapInArrow(daemon, "module string, kept string").collect()[0]
 images = probe(session("batch-probe", rows_per_batch=int(sys.argv[1])))
-print("PROBE " + json.dumps({"default": default, "images": images}))
+print("PROBE " + json.dumps({"default": default, "images": images,
+                             "daemon": worker["module"], "kept": json.loads(worker["kept"])}))
 """
 
 
-@pytest.mark.spark
-def test_image_jobs_hand_their_workers_a_few_rows_at_a_time() -> None:
-    """rows_per_batch reaches the Python workers: 40 rows arrive as batches of 4, not one of 32 and 8."""
+@pytest.fixture(scope="module")
+def worker_probe() -> dict:
+    """One local[1] application that reports what its Python workers saw."""
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1",
            "PYSPARK_SUBMIT_ARGS": "--master local[1] pyspark-shell"}
-    out = subprocess.run([sys.executable, "-c", BATCH_PROBE, str(IMAGE_ROWS_PER_BATCH)], env=env,
+    out = subprocess.run([sys.executable, "-c", WORKER_PROBE, str(IMAGE_ROWS_PER_BATCH)], env=env,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     line = next(x for x in out.stdout.splitlines() if x.startswith("PROBE "))
-    got = json.loads(line[len("PROBE "):])
-    assert got["default"] == [32, 8]  # the session default, sized for tiles
-    assert got["images"] == [IMAGE_ROWS_PER_BATCH] * (40 // IMAGE_ROWS_PER_BATCH)
+    return json.loads(line[len("PROBE "):])
+
+
+@pytest.mark.spark
+def test_image_jobs_hand_their_workers_a_few_rows_at_a_time(worker_probe: dict) -> None:
+    """rows_per_batch reaches the Python workers: 40 rows arrive as batches of 4, not one of 32 and 8."""
+    assert worker_probe["default"] == [32, 8]  # the session default, sized for tiles
+    assert worker_probe["images"] == [IMAGE_ROWS_PER_BATCH] * (40 // IMAGE_ROWS_PER_BATCH)
+
+
+@pytest.mark.spark
+def test_workers_run_under_the_daemon_that_keeps_sparks_archives(worker_probe: dict) -> None:
+    """The workers were forked by worker_daemon, which froze exactly the archives Spark put on their path."""
+    assert worker_probe["daemon"] == "superres.pipeline.worker_daemon"
+    names = sorted(Path(p).name for p in worker_probe["kept"])
+    assert "pyspark.zip" in names and any(n.startswith("py4j-") for n in names), names
+    assert all(n.endswith((".zip", ".jar")) for n in names)
+
+
+def _zip(path: Path, module: str) -> Path:
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr(f"{module}.py", "X = 1\n")
+    return path
+
+
+def test_kept_archives_are_not_reread_when_import_caches_are_invalidated(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import zipimport
+
+    from superres.pipeline import worker_daemon
+
+    original = zipimport.zipimporter.invalidate_caches
+    monkeypatch.setattr(zipimport.zipimporter, "invalidate_caches", original)  # restored after the test
+    reads: list[str] = []
+    real_read = zipimport._read_directory
+    monkeypatch.setattr(zipimport, "_read_directory",
+                        lambda archive: reads.append(archive) or real_read(archive))
+    spark_zip, user_zip = _zip(tmp_path / "spark.zip", "sparkmod"), _zip(tmp_path / "user.zip", "usermod")
+    kept = worker_daemon.spark_archives([str(spark_zip), str(tmp_path), str(tmp_path / "missing.zip")])
+    assert kept == {str(spark_zip)}
+
+    importers = [zipimport.zipimporter(str(spark_zip)), zipimport.zipimporter(str(user_zip))]
+    worker_daemon.keep_archive_directories(kept)
+    worker_daemon.keep_archive_directories(kept)  # installing twice must not stack wrappers
+    reads.clear()
+    for imp in importers:
+        imp.invalidate_caches()
+    assert reads == [str(user_zip)]
+    assert importers[0].find_spec("sparkmod") is not None  # the kept directory still serves imports
+    assert zipimport.zipimporter.invalidate_caches.reread is original

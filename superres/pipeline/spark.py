@@ -44,6 +44,8 @@ SESSION_DEFAULTS = {
     "spark.hadoop.parquet.block.size": str(16 * 2**20),
     # Keep Python workers (and the model each one has built) for the next task.
     "spark.python.worker.reuse": "true",
+    # pyspark's daemon, minus a per-task re-read of Spark's own zip archives (worker_daemon).
+    "spark.python.daemon.module": "superres.pipeline.worker_daemon",
 }
 
 
