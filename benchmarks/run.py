@@ -187,13 +187,16 @@ def run_spark(args: argparse.Namespace, results: dict[str, Any], images, model, 
     print("B/C. Spark", flush=True)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # workers run this venv's Python
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    # The gateway's JVM is a "pyspark-shell", which turns the console progress bar on.
-    os.environ.setdefault("PYSPARK_SUBMIT_ARGS", "--conf spark.ui.showConsoleProgress=false pyspark-shell")
     from dataclasses import asdict
 
     from benchmarks import spark_stage
     from superres.model import read_meta
-    from superres.pipeline.spark import session
+    from superres.pipeline.spark import LOCAL_JVM_OPTIONS, session
+
+    # The gateway's JVM is a "pyspark-shell", which turns the console progress bar on; it runs
+    # local[*], so it gets the JVM options every local driver of the pipeline gets.
+    os.environ.setdefault("PYSPARK_SUBMIT_ARGS", "--conf spark.ui.showConsoleProgress=false "
+                          f"--driver-java-options {LOCAL_JVM_OPTIONS} pyspark-shell")
 
     spark = session("superres-bench")
     try:

@@ -154,3 +154,17 @@ def test_kept_archives_are_not_reread_when_import_caches_are_invalidated(
     assert reads == [str(user_zip)]
     assert importers[0].find_spec("sparkmod") is not None  # the kept directory still serves imports
     assert zipimport.zipimporter.invalidate_caches.reread is original
+
+
+def _confs(cmd: list[str]) -> dict[str, str]:
+    return dict(cmd[i + 1].split("=", 1) for i, part in enumerate(cmd) if part == "--conf")
+
+
+def test_only_a_local_connect_server_limits_its_jit_to_c1() -> None:
+    """On a local master the server's JVM shares the cores with the Python workers; a cluster keeps C2."""
+    from superres.orchestration.services import SERVER_JVM_OPTIONS, spark_connect_cmd
+
+    local = _confs(spark_connect_cmd("sc://127.0.0.1:15002", "local[2]"))["spark.driver.extraJavaOptions"]
+    cluster = _confs(spark_connect_cmd("sc://127.0.0.1:15002", "spark://m:7077"))["spark.driver.extraJavaOptions"]
+    assert local.split() == SERVER_JVM_OPTIONS.split() + ["-XX:TieredStopAtLevel=1"]
+    assert cluster.split() == SERVER_JVM_OPTIONS.split()

@@ -169,7 +169,7 @@ SERVER_JVM_OPTIONS = " ".join(("-XX:+UseG1GC", "-XX:G1PeriodicGCInterval=5000",
 
 def spark_connect_cmd(url: str, master: str = "local[*]", driver_memory: str = "2g") -> list[str]:
     """spark-submit command line of a Spark Connect server on ``url`` (loopback only)."""
-    from superres.pipeline.spark import server_conf
+    from superres.pipeline.spark import local_jvm_options, server_conf
 
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 15002
@@ -182,7 +182,7 @@ def spark_connect_cmd(url: str, master: str = "local[*]", driver_memory: str = "
         "spark.driver.memory": driver_memory,
         # A long-lived server should hand back heap it no longer needs: G1 otherwise keeps
         # whatever a big job made it expand to, so its RSS ratchets up with the server's age.
-        "spark.driver.extraJavaOptions": SERVER_JVM_OPTIONS,
+        "spark.driver.extraJavaOptions": f"{SERVER_JVM_OPTIONS} {local_jvm_options(master)}".strip(),
     }
     cmd = [spark_submit_binary(), "--class", SPARK_CONNECT_CLASS, "--name", "superres-spark-connect",
            "--master", master]

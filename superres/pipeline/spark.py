@@ -85,6 +85,19 @@ def _local_defaults(master: str) -> dict[str, str]:
     return {"spark.sql.shuffle.partitions": str(max(2, 2 * cores))} if cores else {}
 
 
+# On a local master the JVM shares the machine's few cores with the Python workers, and
+# C2, the optimising JIT, kept compiling through every run of the inference stage (about
+# 1 CPU-s a run, still in the fourth).  C1 alone: the JVM's CPU per run fell from 2.3-3.0
+# to 1.6-2.1 s and the stage ran about 10 % faster (benchmarks/README, session 5).  A
+# cluster's long-lived executors on their own cores keep the default, tiered C2.
+LOCAL_JVM_OPTIONS = "-XX:TieredStopAtLevel=1"
+
+
+def local_jvm_options(master: str) -> str:
+    """Extra JVM options for a driver on ``master``: :data:`LOCAL_JVM_OPTIONS` when it is local."""
+    return LOCAL_JVM_OPTIONS if _local_cores(master) else ""
+
+
 def server_conf(master: str) -> dict[str, str]:
     """--conf values for a Spark Connect server that serves these jobs (see ``services``)."""
     conf = {**SESSION_DEFAULTS, **_local_defaults(master)}
