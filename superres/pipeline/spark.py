@@ -80,9 +80,15 @@ RUNTIME_KEYS = (
 
 
 def _local_defaults(master: str) -> dict[str, str]:
-    """Extra defaults for a local master: 200 shuffle partitions are 200 tiny tasks on a few cores."""
+    """Extra defaults for a local master: 200 shuffle partitions are 200 tiny tasks on a few cores.
+
+    ``spark.default.parallelism`` is what a local SparkContext uses anyway; it is set so
+    that a Spark Connect client, which cannot ask the SparkContext, can read it (parallelism()).
+    """
     cores = _local_cores(master)
-    return {"spark.sql.shuffle.partitions": str(max(2, 2 * cores))} if cores else {}
+    if not cores:
+        return {}
+    return {"spark.sql.shuffle.partitions": str(max(2, 2 * cores)), "spark.default.parallelism": str(cores)}
 
 
 # On a local master the JVM shares the machine's few cores with the Python workers, and
@@ -100,12 +106,7 @@ def local_jvm_options(master: str) -> str:
 
 def server_conf(master: str) -> dict[str, str]:
     """--conf values for a Spark Connect server that serves these jobs (see ``services``)."""
-    conf = {**SESSION_DEFAULTS, **_local_defaults(master)}
-    cores = _local_cores(master)
-    if cores:
-        # A Connect client cannot ask the SparkContext; it reads this instead (parallelism()).
-        conf["spark.default.parallelism"] = str(cores)
-    return conf
+    return {**SESSION_DEFAULTS, **_local_defaults(master)}
 
 
 def prefer_installed_pyspark() -> list[str]:
