@@ -3,8 +3,8 @@
     spark-submit spark_jobs/inference.py --ds 2026-01-05 --scale 2 [--batch-size 16] [--device auto]
         [--backend auto|fast|eager] [--threads N]
 
-The driver reads the weights (``state_dict`` + metadata, checked for scale and
-architecture) and broadcasts the raw bytes; each Python worker rebuilds the
+The driver checks the weights (``state_dict`` + metadata: scale, architecture,
+tensor shapes, without importing torch) and ships the raw bytes; each Python worker rebuilds the
 model once and reuses it for every Arrow batch (``mapInArrow``), so there is no
 per-row UDF and no pickled module.
 """
@@ -16,11 +16,11 @@ from collections.abc import Sequence
 from dataclasses import asdict
 
 from superres.engine import resolve_backend
-from superres.model import default_weights, load_model, read_meta
 from superres.pipeline import layout
 from superres.pipeline.inference import run_stage
 from superres.pipeline.spark import job_parser, parse, session, stage_summary, where
 from superres.storage import open_storage
+from superres.weights import check_weights, default_weights
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -30,8 +30,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse(parser, argv)
     resolve_backend(args.backend)  # an unknown backend fails here, not in every Spark worker
     weights = default_weights(args.scale, args.models_dir)
-    load_model(weights, scale=args.scale)  # refuse a wrong file here, before any Spark work
-    meta = asdict(read_meta(weights))
+    # Refuse a wrong file here, before any Spark work; the driver never imports torch.
+    meta = asdict(check_weights(weights, scale=args.scale))
     storage = open_storage(args.storage_uri)
     spark = session(f"superres-inference-{args.ds}", args.spark_remote)
     try:

@@ -14,7 +14,6 @@ from collections.abc import Iterator, Sequence
 
 import pyarrow as pa
 
-from superres.model import ModelSpec
 from superres.pipeline import layout
 from superres.pipeline.spark import (
     IMAGE_ROWS_PER_BATCH,
@@ -28,6 +27,7 @@ from superres.pipeline.spark import (
 )
 from superres.pipeline.split import IMAGE_SCHEMA, TILE_SCHEMA, cut_tiles, split_images
 from superres.storage import open_storage
+from superres.weights import ModelSpec
 
 
 def main(argv: Sequence[str] | None = None) -> int:

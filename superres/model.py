@@ -3,62 +3,34 @@
 A weights file is a plain ``state_dict`` (``<name>.pt``) next to a small JSON
 metadata file (``<name>.json``) that says which architecture and scale it is
 for.  Loading checks both, so a x3 file can never silently drive a x2 job.
+The format itself lives in :mod:`superres.weights`, which needs no torch.
 """
 
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-FORMAT_VERSION = 1
-SCALES = (2, 3, 4)
-
-
-class WeightsError(ValueError):
-    """A weights file that does not fit the requested model."""
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """FSRCNN hyper-parameters. ``(56, 12, 4)`` is FSRCNN, ``(32, 5, 1)`` FSRCNN-s."""
-
-    scale: int = 2
-    d: int = 56
-    s: int = 12
-    m: int = 4
-
-    def __post_init__(self) -> None:
-        if self.scale not in SCALES:
-            raise ValueError(f"scale must be one of {SCALES}, got {self.scale}")
-        for name in ("d", "s", "m"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
-
-    @property
-    def arch(self) -> str:
-        return f"fsrcnn({self.d},{self.s},{self.m})"
-
-    @property
-    def halo(self) -> int:
-        """LR pixels of context an output pixel depends on, on each side.
-
-        Conv5 reaches 2, each of the m Conv3 layers 1, and the 9x9 transposed
-        conv at stride ``scale`` at most 2 LR pixels (ceil(4 / scale) <= 2).
-        A tile that carries this much halo gives exactly the whole-image result.
-        """
-        deconv = max(math.floor(4 / self.scale), math.floor((self.scale + 3) / self.scale))
-        return 2 + self.m + deconv
-
-
-FSRCNN_SPEC = dict(d=56, s=12, m=4)
-FSRCNN_S_SPEC = dict(d=32, s=5, m=1)
+# The weights format without torch (spec, metadata, structural check), re-exported here.
+from superres.weights import (  # noqa: F401
+    FORMAT_VERSION,
+    FSRCNN_S_SPEC,
+    FSRCNN_SPEC,
+    SCALES,
+    ModelMeta,
+    ModelSpec,
+    WeightsError,
+    check_weights,
+    default_weights,
+    metadata_path,
+    models_dir,
+    read_meta,
+)
 
 
 class FSRCNN(nn.Module):
@@ -179,33 +151,6 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def metadata_path(weights: Path) -> Path:
-    return Path(weights).with_suffix(".json")
-
-
-@dataclass
-class ModelMeta:
-    """What a weights file is: checked on load, written on save."""
-
-    arch: str
-    d: int
-    s: int
-    m: int
-    scale: int
-    training_data: list[str] = field(default_factory=list)
-    validation: dict[str, Any] = field(default_factory=dict)
-    recipe: dict[str, Any] = field(default_factory=dict)
-    format_version: int = FORMAT_VERSION
-
-    @property
-    def spec(self) -> ModelSpec:
-        return ModelSpec(scale=self.scale, d=self.d, s=self.s, m=self.m)
-
-    @classmethod
-    def for_spec(cls, spec: ModelSpec, **extra: Any) -> ModelMeta:
-        return cls(arch="fsrcnn", d=spec.d, s=spec.s, m=spec.m, scale=spec.scale, **extra)
-
-
 def save_model(model: FSRCNN, weights: Path, meta: ModelMeta) -> None:
     """Write ``<name>.pt`` (state_dict only, no pickled module) and ``<name>.json``."""
     weights = Path(weights)
@@ -217,35 +162,19 @@ def save_model(model: FSRCNN, weights: Path, meta: ModelMeta) -> None:
     metadata_path(weights).write_text(json.dumps(asdict(meta), indent=2, sort_keys=True) + "\n")
 
 
-def read_meta(weights: Path) -> ModelMeta:
-    path = metadata_path(weights)
-    if not path.exists():
-        raise WeightsError(f"{weights}: metadata file {path.name} is missing")
-    try:
-        raw = json.loads(path.read_text())
-        meta = ModelMeta(**raw)
-    except (json.JSONDecodeError, TypeError) as exc:
-        raise WeightsError(f"{path}: unreadable model metadata ({exc})") from exc
-    if meta.arch != "fsrcnn":
-        raise WeightsError(f"{weights}: architecture {meta.arch!r} is not fsrcnn")
-    return meta
-
-
 def load_model(
     weights: Path,
     scale: int | None = None,
     spec: ModelSpec | None = None,
     device: str | torch.device = "cpu",
 ) -> FSRCNN:
-    """Load weights, refusing any whose architecture or scale differs from the request."""
+    """Load weights, refusing any whose architecture or scale differs from the request.
+
+    :func:`check_weights` runs first, so a corrupt or foreign file gets the same
+    clear :class:`WeightsError` here as in a torch-free Spark driver.
+    """
     weights = Path(weights)
-    if not weights.exists():
-        raise WeightsError(f"weights file {weights} does not exist")
-    meta = read_meta(weights)
-    if scale is not None and meta.scale != scale:
-        raise WeightsError(
-            f"{weights.name} is a x{meta.scale} model but x{scale} was requested"
-        )
+    meta = check_weights(weights, scale)
     if spec is not None and (meta.d, meta.s, meta.m, meta.scale) != (
         spec.d, spec.s, spec.m, spec.scale,
     ):
@@ -276,13 +205,3 @@ def model_from_bytes(state_bytes: bytes, meta: ModelMeta, device: str | torch.de
     return model.to(dev).eval()
 
 
-def models_dir() -> Path:
-    """Where the weights live: ``SUPERRES_MODELS_DIR`` or the project's ``include/models``."""
-    import os
-
-    env = os.environ.get("SUPERRES_MODELS_DIR")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "include" / "models"
-
-
-def default_weights(scale: int, directory: str | Path | None = None) -> Path:
-    return Path(directory or models_dir()) / f"fsrcnn_x{scale}.pt"

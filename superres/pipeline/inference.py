@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from superres import tiling
 from superres.engine import Upscaler, configure_threads
-from superres.model import ModelMeta, model_from_bytes
+from superres.weights import ModelMeta
 
 SR_TILE_SCHEMA = pa.schema([
     ("image_id", pa.string()), ("row", pa.int32()), ("col", pa.int32()),
@@ -40,6 +40,8 @@ def worker_upscaler(state: bytes, meta: dict[str, Any], device: str, batch_size:
     key = (hash(state), device, batch_size, threads, backend)
     up = _WORKER_CACHE.get(key)
     if up is None:
+        from superres.model import model_from_bytes  # torch: in the workers, never the driver
+
         configure_threads(threads)
         up = Upscaler(model_from_bytes(state, ModelMeta(**meta), device), batch_size, backend)
         _WORKER_CACHE.clear()
