@@ -14,13 +14,16 @@ running or writing after the task is gone.
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 from typing import Any
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 
+from superres.orchestration.class_sharing import class_sharing
 from superres.orchestration.run import settings_of
 from superres.orchestration.services import spark_env, spark_submit_binary
+from superres.pipeline.spark import LOCAL_JVM_OPTIONS
 
 # How long the JVM gets to run its shutdown hooks (stop the SparkContext, remove
 # temp dirs, stop Python workers) after SIGTERM before the tree is SIGKILLed.
@@ -31,8 +34,9 @@ JOBS_DIR = Path(__file__).resolve().parents[2] / "spark_jobs"
 # spark-submit's own JVM when the job runs on a Spark Connect server (about 1 s less start-up).
 CLIENT_JVM_CONF = {
     "spark.driver.memory": "256m",
-    "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC",
+    "spark.driver.extraJavaOptions": f"{LOCAL_JVM_OPTIONS} -XX:+UseSerialGC",
 }
+DRIVER_JAVA_OPTIONS = "spark.driver.extraJavaOptions"
 
 
 def s3_env(aws_conn_id: str) -> dict[str, str]:
@@ -73,12 +77,20 @@ class SparkJobOperator(SparkSubmitOperator):
             "--max-pixels", str(s.max_pixels), "--models-dir", s.models_dir, "--device", s.device,
             "--batch-size", str(s.batch_size), "--backend", s.backend,
         ]
+        conf = dict(self.conf or {})
         if s.spark_remote:
             # The job is a client of a long-lived Spark Connect server: spark-submit's JVM only
             # launches the Python driver and then idles, so give it a small, quick-starting heap.
             self.application_args += ["--spark-remote", s.spark_remote]
-            self.conf = {**CLIENT_JVM_CONF, **(self.conf or {})}
+            conf = {**CLIENT_JVM_CONF, **conf}
         env = {**spark_env(), **(self.env_vars or {})}
+        sharing = None
+        spark_home = env.get("SPARK_HOME") or os.environ.get("SPARK_HOME")
+        if s.jvm_class_sharing and spark_home and self._client_deploy_mode(s.spark_conn_id):
+            sharing = class_sharing(Path(s.run_dir) / "jvm", Path(spark_home),
+                                    "connect-client" if s.spark_remote else "driver", env)
+            conf[DRIVER_JAVA_OPTIONS] = f"{conf.get(DRIVER_JAVA_OPTIONS, '')} {sharing.options}".strip()
+        self.conf = conf
         if s.storage_uri.startswith("s3://"):
             env.update(s3_env(s.aws_conn_id))
         self.env_vars = env
@@ -89,10 +101,26 @@ class SparkJobOperator(SparkSubmitOperator):
 
         hold_date(run)
         self._killed = False
-        super().execute(context)
+        ok = False
+        try:
+            super().execute(context)
+            ok = not self._killed
+        finally:
+            if sharing is not None:
+                sharing.finish(ok)
         if self._killed:
             # The JVM may exit 0 on SIGTERM; a job we stopped must never count as done.
             raise RuntimeError(f"spark job {self.job!r} was stopped by a kill signal before it finished")
+
+    def _client_deploy_mode(self, conn_id: str) -> bool:
+        """Whether spark-submit's JVM is the driver here (client mode), not a remote one."""
+        mode = self._deploy_mode
+        if mode is None:
+            from airflow.sdk import BaseHook
+
+            with contextlib.suppress(Exception):  # a missing connection fails in the hook, clearly
+                mode = BaseHook.get_connection(conn_id).extra_dejson.get("deploy-mode")
+        return (mode or "client") == "client"
 
     def on_kill(self) -> None:
         self._killed = True
