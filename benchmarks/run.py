@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import common
+from superres.config import Settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGETS = {  # headline key -> (comparison, threshold) from issue #6
@@ -43,7 +44,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=512, help="LR image side in pixels (default 512)")
     p.add_argument("--seed-images", type=int, default=2, help="images for C, the slow seed design")
     p.add_argument("--rounds", type=int, default=3, help="timed rounds for A and B (median)")
-    p.add_argument("--tile", type=int, default=128, help="Spark tile size for B (the DAG's default)")
+    p.add_argument("--tile", type=int, default=Settings().tile_size,
+                   help="largest Spark tile side for B (the DAG's default); cut evenly as split does")
     p.add_argument("--inputs", choices=("photos", "random"), default="photos")
     p.add_argument("--threads", type=int, default=0, help="torch threads for A (0: all cores)")
     p.add_argument("--dag-n", type=int, nargs=2, default=(16, 64), metavar=("SMALL", "LARGE"))

@@ -39,7 +39,8 @@ def write_tiles(images: list[Image], path: Path, tile: int, halo: int, per_file:
     for k in range(0, len(images), per_file):
         rows = []
         for img in images[k : k + per_file]:
-            _, tiles = tiling.split(luma(img.rgb) / UNIT, img.image_id, tile, halo)
+            cut = tiling.balanced_tile(*img.rgb.shape[:2], tile)
+            _, tiles = tiling.split(luma(img.rgb) / UNIT, img.image_id, cut, halo)
             for t in tiles:
                 rec = t.to_record()
                 rec.update(min=float(t.pixels.min()), max=float(t.pixels.max()))
@@ -78,7 +79,8 @@ def run_b(spark, model, state: bytes, meta: dict[str, Any], images: list[Image],
     up = Upscaler(model, backend="fast")
     windows = {}
     for img in images:
-        _, ts = tiling.split(luma(img.rgb) / UNIT, img.image_id, tile, model.spec.halo)
+        cut = tiling.balanced_tile(*img.rgb.shape[:2], tile)
+        _, ts = tiling.split(luma(img.rgb) / UNIT, img.image_id, cut, model.spec.halo)
         windows.setdefault(ts[0].pixels.shape, []).extend(t.pixels for t in ts)
     in_proc, _ = timed(lambda: [up.run_windows(ws, unit=True) for ws in windows.values()])
     # Output check: stitched SR tiles == whole-image SR of the backend (within 1 level).

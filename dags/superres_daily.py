@@ -56,7 +56,9 @@ default_args = {
     params={
         "num_images": Param(8, type="integer", minimum=1, maximum=1000, title="Photos to fetch"),
         "scale": Param(2, type="integer", enum=[2, 3, 4], title="Upscaling factor"),
-        "tile_size": Param(128, type="integer", minimum=16, maximum=2048, title="LR tile size (px)"),
+        "tile_size": Param(192, type="integer", minimum=16, maximum=2048, title="Largest LR tile side (px)",
+                           description="Each photo is cut into even tiles no larger than this "
+                                       "(512 px: 3 x 171)."),
         "image_width": Param(512, type="integer", minimum=16, maximum=5000, title="Photo width (px)"),
         "image_height": Param(512, type="integer", minimum=16, maximum=5000, title="Photo height (px)"),
         "mode": Param("evaluate", type="string", enum=["evaluate", "upscale"],

@@ -58,7 +58,7 @@ class Settings:
     # The run.
     num_images: int = 8
     scale: int = 2
-    tile_size: int = 128
+    tile_size: int = 192  # largest LR tile side; images are cut into even tiles (512 -> 3 x 171)
     image_width: int = 512
     image_height: int = 512
     mode: str = "evaluate"

@@ -8,7 +8,6 @@ what every tile does, so tiled and whole-image results agree.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -169,9 +168,8 @@ class Upscaler:
 
     def whole_image_tile(self, h: int, w: int) -> int:
         """The core size ``fast`` cuts an h x w image into: at most ``work_tile``, and
-        as even as possible (512 -> 3 x 171, not 192 + 192 + a shifted 192), which
-        keeps the halo overhead low."""
-        return max(math.ceil(n / math.ceil(n / self.work_tile)) for n in (h, w))
+        as even as possible (:func:`superres.tiling.balanced_tile`)."""
+        return tiling.balanced_tile(h, w, self.work_tile)
 
     def sr_plane(self, plane: np.ndarray, tile: int | None = None) -> np.ndarray:
         """Super-resolve a Y plane (0..255). ``tile=None`` is whole-image SR.

@@ -22,6 +22,17 @@ from typing import Any
 import numpy as np
 
 
+def balanced_tile(height: int, width: int, tile: int) -> int:
+    """The core side, at most ``tile``, that cuts an image into the fewest and most even tiles.
+
+    512 px with ``tile`` 192 gives 171 (3 x 171), not 192 + 192 + a last window
+    shifted back over only 128 new pixels: the same number of tiles, and every
+    window does new work, so the halo is the only pixels computed twice.  The tile
+    count never rises.  The backend cuts whole images the same way.
+    """
+    return max(math.ceil(n / math.ceil(n / tile)) for n in (height, width))
+
+
 @dataclass(frozen=True)
 class Geometry:
     """How one image is cut: image size, core tile size and halo (LR pixels)."""

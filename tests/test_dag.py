@@ -79,7 +79,7 @@ def test_every_task_retries_with_exponential_backoff(dag) -> None:
 def test_params_and_defaults(dag) -> None:
     p = dag.params
     assert p["num_images"] == 8 and p["scale"] == 2 and p["mode"] == "evaluate"
-    assert p["image_width"] == 512 and p["image_height"] == 512 and p["tile_size"] == 128
+    assert p["image_width"] == 512 and p["image_height"] == 512 and p["tile_size"] == 192
     assert p.get_param("scale").schema["enum"] == [2, 3, 4]
     assert p.get_param("mode").schema["enum"] == ["evaluate", "upscale"]
     assert p["ds"] is None

@@ -96,3 +96,31 @@ def test_tile_records_survive_parquet(tmp_path) -> None:
 def test_decode_pixels_checks_length() -> None:
     with pytest.raises(ValueError, match="expected 3x3"):
         tiling.decode_pixels(b"\0" * 16, 3, 3)
+
+
+@settings(max_examples=200, deadline=None)
+@given(h=st.integers(1, 3000), w=st.integers(1, 3000), tile=st.integers(1, 512))
+def test_balanced_tile_keeps_the_count_and_wastes_no_window(h: int, w: int, tile: int) -> None:
+    cut = tiling.balanced_tile(h, w, tile)
+    assert 1 <= cut <= tile
+    geo, even = tiling.Geometry(h, w, tile, 8), tiling.Geometry(h, w, cut, 8)
+    assert (even.rows, even.cols) == (geo.rows, geo.cols)  # never more tiles
+    # All windows share one shape, so the pixels the network computes never grow.
+    assert even.count * even.window_h * even.window_w <= geo.count * geo.window_h * geo.window_w
+    # On the longer cut axis the cores tile the image with less than one pixel per tile to spare.
+    assert min(k * cut - n for n, k in ((h, even.rows), (w, even.cols))) < max(even.rows, even.cols)
+
+
+def test_balanced_tile_for_the_dag_default() -> None:
+    assert tiling.balanced_tile(512, 512, 192) == 171
+    assert tiling.balanced_tile(512, 512, 128) == 128
+    assert tiling.balanced_tile(384, 512, 192) == 192  # 2 x 192 rows; 512 still needs 3 columns
+
+
+def test_split_records_the_even_tile_it_cut() -> None:
+    from superres import images
+    from superres.pipeline.split import split_image
+
+    png = images.encode_png(np.zeros((512, 512, 3), np.uint8))
+    row = split_image("a", png, mode="upscale", scale=2, tile=192, halo=8, max_pixels=10**8)
+    assert (row["status"], row["tile"], row["rows"], row["cols"], row["tiles"]) == ("ok", 171, 3, 3, 9)

@@ -60,9 +60,11 @@ def split_image(
     except images.ImageError as exc:
         row.update(status="quarantined", reason=exc.reason, message=str(exc))
         return row
+    # ``tile`` is the largest core side; the image is cut into even tiles no larger than it.
+    tile = tiling.balanced_tile(lr.shape[0], lr.shape[1], tile)
     geo = tiling.Geometry(height=lr.shape[0], width=lr.shape[1], tile=tile, halo=halo)
     row.update(
-        status="ok", source_mode=dec.source_mode, hr_width=dec.width, hr_height=dec.height,
+        tile=tile, status="ok", source_mode=dec.source_mode, hr_width=dec.width, hr_height=dec.height,
         lr_width=geo.width, lr_height=geo.height, rows=geo.rows, cols=geo.cols, tiles=geo.count,
         lr_png=images.encode_png(lr),
     )
