@@ -95,7 +95,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = TrainConfig(
         data=args.data, scale=args.scale, out=args.out, val=args.val or [], steps=args.steps,
-        batch=args.batch, patch=args.patch, lr=args.lr, loss=args.loss, init=args.init,
+        batch=args.batch, patch=args.patch, context=args.context, lr=args.lr, loss=args.loss, init=args.init,
         freeze_body=args.freeze_body, val_every=args.val_every, ckpt_every=args.ckpt_every,
         seed=args.seed, threads=args.threads, device=args.device, workdir=args.workdir,
         d=args.arch[0], s=args.arch[1], m=args.arch[2],
@@ -139,7 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--arch", type=int, nargs=3, default=(56, 12, 4), metavar=("D", "S", "M"))
     tr.add_argument("--steps", type=int, default=100_000)
     tr.add_argument("--batch", type=int, default=64)
-    tr.add_argument("--patch", type=int, default=24)
+    tr.add_argument("--patch", type=int, default=24, help="LR patch side the loss covers")
+    tr.add_argument("--context", type=int, default=0,
+                    help="LR pixels of real image around each patch, outside the loss (8 = x2's halo)")
     tr.add_argument("--lr", type=float, default=1e-3)
     tr.add_argument("--loss", choices=("l1", "mse"), default="l1")
     tr.add_argument("--init", default=None, help="weights to fine-tune from")

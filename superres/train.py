@@ -4,8 +4,12 @@ Recipe (see include/models/README.md): Y-channel LR/HR patch pairs cut from
 augmented copies of the training images, the LR made by the evaluation
 protocol's antialiased bicubic; random 90-degree rotations and flips; Adam with
 cosine decay; L1 loss; PSNR on a validation set every ``val_every`` steps,
-keeping the best weights.  A run checkpoints every ``ckpt_every`` steps and
-resumes from its checkpoint, so it can stop and continue across sessions.
+keeping the best weights.  With ``context`` > 0 each patch is cut with that many
+LR pixels of real image around it and the loss covers only the patch itself,
+so no output pixel in the loss saw the convolutions' zero padding, exactly as
+at inference, where every tile carries a reflect-padded or real halo.  A run
+checkpoints every ``ckpt_every`` steps and resumes from its checkpoint, so it
+can stop and continue across sessions.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ class TrainConfig:
     steps: int = 100_000
     batch: int = 64
     patch: int = 24  # LR patch side
+    context: int = 0  # LR pixels of real context around each patch, cropped from the loss
     lr: float = 1e-3
     lr_min: float = 1e-6
     loss: str = "l1"
@@ -77,7 +82,9 @@ def build_pairs(
 class PatchSampler:
     """Random aligned LR/HR patches with random rotations/flips, area-weighted."""
 
-    def __init__(self, pairs: list[tuple[np.ndarray, np.ndarray]], scale: int, patch: int, seed: int):
+    def __init__(self, pairs: list[tuple[np.ndarray, np.ndarray]], scale: int, patch: int, seed: int,
+                 context: int = 0):
+        patch += 2 * context  # the window cut from the image; the loss sees its centre only
         self.pairs = [p for p in pairs if min(p[0].shape) >= patch]
         if not self.pairs:
             raise ValueError(f"no training image is at least {patch} LR pixels on each side")
@@ -151,7 +158,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     t0 = time.time()
     log(f"config {json.dumps(asdict(cfg), sort_keys=True)} threads={threads} device={device}")
     paths = _gather(cfg.data)
-    sampler = PatchSampler(build_pairs(paths, cfg.scale, cfg.downscales), cfg.scale, cfg.patch, cfg.seed)
+    sampler = PatchSampler(build_pairs(paths, cfg.scale, cfg.downscales), cfg.scale, cfg.patch, cfg.seed,
+                           cfg.context)
+    core = slice(cfg.context * cfg.scale, (cfg.context + cfg.patch) * cfg.scale)  # HR pixels in the loss
     val_pairs = []
     for p in _gather(cfg.val) if cfg.val else []:
         lr_rgb, hr_rgb = protocol_pair(images.read(p).rgb(), cfg.scale)
@@ -193,7 +202,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     with log_path.open("a") as jl:
         while step < cfg.steps:
             lr_t, hr_t = sampler.batch(cfg.batch)
-            loss = loss_fn(model(lr_t.to(device)), hr_t.to(device))
+            sr_t = model(lr_t.to(device))
+            loss = loss_fn(sr_t[..., core, core], hr_t.to(device)[..., core, core])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

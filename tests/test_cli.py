@@ -115,3 +115,36 @@ def test_train_command_resumes_from_its_checkpoint(tmp_path) -> None:
     assert main([*args, "--steps", "4"]) == 0  # resumes at step 2, runs 2 more
     log = [json.loads(line) for line in out.with_suffix(".train.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [2, 4]
+
+
+def test_context_patches_carry_real_pixels_around_the_part_the_loss_sees(tmp_path) -> None:
+    from superres.train import PatchSampler
+
+    rng = np.random.default_rng(0)
+    lr = rng.uniform(0, 255, (30, 30))
+    hr = np.kron(lr, np.ones((2, 2)))  # each LR pixel is a 2x2 HR block, whatever the rotation or flip
+    plain = PatchSampler([(lr, hr)], scale=2, patch=8, seed=1)
+    ctx = PatchSampler([(lr, hr)], scale=2, patch=8, seed=1, context=3)
+    a, b = plain.batch(5)
+    c, d = ctx.batch(5)
+    assert a.shape == (5, 1, 8, 8) and b.shape == (5, 1, 16, 16)
+    assert c.shape == (5, 1, 14, 14) and d.shape == (5, 1, 28, 28)
+    # LR and HR stay aligned with the context: HR block (2y, 2x) is the LR pixel (y, x).
+    assert np.allclose(d[:, :, ::2, ::2].numpy(), c.numpy())
+    # A patch needs room for its context: too small an image is refused, not padded.
+    with pytest.raises(ValueError, match="at least 32 LR pixels"):
+        PatchSampler([(lr, hr)], scale=2, patch=8, seed=1, context=12)
+
+
+def test_train_with_context_logs_it_and_records_it_in_the_metadata(tmp_path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(2):
+        Image.fromarray(smooth_image(64, 64, seed=i)).save(data / f"t{i}.png")
+    out = tmp_path / "x2.pt"
+    assert main(["train", "--data", str(data), "--val", str(data), "--scale", "2", "--out", str(out),
+                 "--arch", "8", "4", "1", "--batch", "4", "--patch", "8", "--context", "4", "--steps", "2",
+                 "--val-every", "2", "--ckpt-every", "2", "--workdir", str(tmp_path / "ck")]) == 0
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["recipe"]["context"] == 4 and meta["recipe"]["patch"] == 8
+    assert np.isfinite(meta["validation"]["psnr_y"])
