@@ -146,6 +146,9 @@ class _ShapeUnpickler(pickle.Unpickler):
             return _StateDict
         if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
             return lambda storage, offset, size, *_: _Tensor(storage, int(offset), tuple(size))
+        if (module, name) in (("torch._utils", "_rebuild_parameter"),
+                              ("torch._utils", "_rebuild_parameter_with_state")):
+            return lambda data, *_: data  # an nn.Parameter saved as such: its tensor
         if module == "torch" and name in _STORAGE_BYTES:
             return name
         raise pickle.UnpicklingError(f"unexpected object {module}.{name} in a weights file")

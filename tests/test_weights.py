@@ -50,6 +50,14 @@ def test_good_file_passes_and_bad_files_are_refused_like_load_model(tmp_path) ->
     save_model(FSRCNN(ModelSpec(2, 32, 5, 1)), small, ModelMeta.for_spec(spec))
     _both_refuse(small, r"tensors do not match .*wrong shape \['deconv.weight'")
 
+    # Parameters rather than tensors (torch.save(dict(model.named_parameters()))) load, so pass too
+    params = tmp_path / "params.pt"
+    model = FSRCNN(spec)
+    torch.save({**dict(model.named_parameters()), **dict(model.named_buffers())}, params)
+    params.with_suffix(".json").write_text(good.with_suffix(".json").read_text())
+    assert check_weights(params).spec == spec
+    load_model(params)
+
     # a parameter missing
     state = FSRCNN(spec).state_dict()
     del state["deconv.bias"]
