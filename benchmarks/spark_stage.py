@@ -31,6 +31,12 @@ from superres.pipeline.split import TILE_SCHEMA
 PATCH = 16
 
 
+def split_tiles(img: Image, tile: int, halo: int) -> list[tiling.Tile]:
+    """The halo tiles split cuts for this image: even tiles no larger than ``tile``, Y in [0, 1]."""
+    cut = tiling.balanced_tile(*img.rgb.shape[:2], tile)
+    return tiling.split(luma(img.rgb) / UNIT, img.image_id, cut, halo)[1]
+
+
 def write_tiles(images: list[Image], path: Path, tile: int, halo: int, per_file: int = 8) -> int:
     """The split stage's output for these images: halo tile rows of Y in [0, 1]."""
     shutil.rmtree(path, ignore_errors=True)
@@ -39,9 +45,7 @@ def write_tiles(images: list[Image], path: Path, tile: int, halo: int, per_file:
     for k in range(0, len(images), per_file):
         rows = []
         for img in images[k : k + per_file]:
-            cut = tiling.balanced_tile(*img.rgb.shape[:2], tile)
-            _, tiles = tiling.split(luma(img.rgb) / UNIT, img.image_id, cut, halo)
-            for t in tiles:
+            for t in split_tiles(img, tile, halo):
                 rec = t.to_record()
                 rec.update(min=float(t.pixels.min()), max=float(t.pixels.max()))
                 rows.append(rec)
@@ -79,8 +83,7 @@ def run_b(spark, model, state: bytes, meta: dict[str, Any], images: list[Image],
     up = Upscaler(model, backend="fast")
     windows = {}
     for img in images:
-        cut = tiling.balanced_tile(*img.rgb.shape[:2], tile)
-        _, ts = tiling.split(luma(img.rgb) / UNIT, img.image_id, cut, model.spec.halo)
+        ts = split_tiles(img, tile, model.spec.halo)
         windows.setdefault(ts[0].pixels.shape, []).extend(t.pixels for t in ts)
     in_proc, _ = timed(lambda: [up.run_windows(ws, unit=True) for ws in windows.values()])
     # Output check: stitched SR tiles == whole-image SR of the backend (within 1 level).
