@@ -117,9 +117,9 @@ def audit(storage: Storage, args: argparse.Namespace) -> tuple[dict[str, Any], d
 def run_gates(spark, frames: Mapping[str, pd.DataFrame], scale: int) -> dict[str, Any]:
     """:func:`superres.quality.run_suites` on the metadata frames, in one of Spark's Python workers.
 
-    Importing Great Expectations costs 7 to 14 s here, more than the gates themselves.  A
-    Spark Connect server's workers live from run to run, so there it is paid once per
-    server instead of once per run; a job with its own application pays it once either way.
+    Importing Great Expectations costs 5 to 14 s here, more than the gates themselves, and
+    it is paid once per run wherever the gates run: a Spark Connect server starts fresh
+    Python workers for each client session (``services.ensure_spark_connect``).
     The frames are metadata only (a row per image or tile), so they travel in the closure.
     """
     import json

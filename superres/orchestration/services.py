@@ -205,9 +205,12 @@ def ensure_spark_connect(url: str, env: dict[str, str], master: str = "local[*]"
                          timeout_s: float = 180.0) -> str:
     """Start the local Spark Connect server, or reuse ours if it runs the current code.
 
-    Its Python workers are reused from task to task and run to run (that is the
-    point: torch imported and the model built once), so they would keep serving
-    code from before an edit; a server started from other sources is restarted.
+    The server saves every Spark task the start of a Spark application.  Its Python
+    workers are not shared between tasks: Spark 4.1 starts a Python daemon, and so
+    fresh workers, for each client session (measured in session 7: three sessions,
+    three daemons), and within a session replaces a worker idle for a minute.  A
+    server started from other sources is still restarted, so no process of it can
+    serve code from before an edit.
     """
     name = "spark-connect"
     stamp = run_dir() / f"{name}.code"
