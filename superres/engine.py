@@ -210,9 +210,7 @@ def luma(pixels: np.ndarray) -> np.ndarray:
 def assemble(lr: np.ndarray, y_sr: np.ndarray, scale: int) -> np.ndarray:
     """SR luma + bicubic chroma (and alpha) in the LR image's channel layout, clamped uint8."""
     if lr.ndim == 2 or lr.shape[2] in (1, 2):
-        h, w = y_sr.shape
-        neutral = np.full((h, w, 2), 128.0, np.float32)
-        base = colour.to_uint8(colour.ycbcr_to_rgb(np.dstack([y_sr, neutral]))[..., 0])
+        base = colour.ycbcr_planes_to_rgb8(y_sr, 128.0, 128.0)[..., 0]
     else:
         ycc = colour.rgb_to_ycbcr(lr[..., :3])
         base = merge_colour(y_sr, ycc[..., 1:], scale)
@@ -226,7 +224,7 @@ def merge_colour(y_sr: np.ndarray, cbcr_lr: np.ndarray, scale: int) -> np.ndarra
     h, w = y_sr.shape
     cb = resize_plane(cbcr_lr[..., 0], w, h)
     cr = resize_plane(cbcr_lr[..., 1], w, h)
-    return colour.to_uint8(colour.ycbcr_to_rgb(np.dstack([y_sr, cb, cr])))
+    return colour.ycbcr_planes_to_rgb8(y_sr, cb, cr)
 
 
 def upscale_bicubic_plane(plane: np.ndarray, scale: int) -> np.ndarray:
