@@ -50,7 +50,7 @@ def ycbcr_planes_to_rgb8(y: np.ndarray, cb: np.ndarray | float, cr: np.ndarray |
     acc, term = np.empty_like(luma), np.empty_like(luma)
     for c, k in enumerate((_INV * 255.0).astype(np.float32)):
         np.multiply(luma, k[0], out=acc)
-        for plane, kc in zip(chroma, k[1:]):
+        for plane, kc in zip(chroma, k[1:], strict=True):
             np.multiply(plane, kc, out=term)
             acc += term
         np.rint(acc, out=acc)
