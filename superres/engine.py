@@ -235,5 +235,8 @@ def upscale_bicubic_plane(plane: np.ndarray, scale: int) -> np.ndarray:
 def bicubic_rgb(rgb: np.ndarray, scale: int) -> np.ndarray:
     """The baseline every SR result is compared with: plain bicubic upscaling."""
     h, w = rgb.shape[:2]
-    planes = [resize_plane(rgb[..., c].astype(np.float32), w * scale, h * scale) for c in range(3)]
-    return colour.to_uint8(np.dstack(planes))
+    out = np.empty((h * scale, w * scale, 3), np.uint8)
+    for c in range(3):  # one plane at a time into the output: no HxWx3 float temporaries
+        plane = resize_plane(rgb[..., c].astype(np.float32), w * scale, h * scale)
+        out[..., c] = colour.to_uint8(plane)
+    return out

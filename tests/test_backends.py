@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from superres import colour, tiling
-from superres.engine import BACKENDS, Upscaler, resolve_backend
+from superres.engine import BACKENDS, Upscaler, bicubic_rgb, resolve_backend, upscale_bicubic_plane
 from superres.model import FSRCNN, FastFSRCNN, ModelSpec, default_weights, load_model, subpixel_deconv
 from superres.pipeline.inference import infer_records, worker_upscaler
 from tests.helpers import random_upscaler, smooth_image
@@ -135,3 +135,12 @@ def test_backend_selection_and_fallback(monkeypatch) -> None:
     assert up.backend == "eager" and up._net is up.model
     with pytest.raises(ValueError, match="unknown inference backend"):
         resolve_backend("tensorrt")
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_bicubic_rgb_is_each_channel_upscaled_on_its_own(scale: int) -> None:
+    rgb = np.random.default_rng(scale).integers(0, 256, (23, 31, 3), dtype=np.uint8)
+    out = bicubic_rgb(rgb, scale)
+    assert out.dtype == np.uint8 and out.shape == (23 * scale, 31 * scale, 3)
+    for c in range(3):
+        assert np.array_equal(out[..., c], upscale_bicubic_plane(rgb[..., c], scale))
