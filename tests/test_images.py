@@ -57,3 +57,17 @@ def test_png_encoding_compresses_like_pillow_and_refuses_non_uint8() -> None:
         images.encode_png(np.zeros((4, 4, 5), np.uint8))
     with pytest.raises(ValueError, match="shape"):
         images.encode_png(np.zeros((0, 4), np.uint8))
+
+
+def test_png_writer_uses_zlib_ng_and_makes_zlibs_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The accelerator is installed (requirements.txt) and changes no byte of the output."""
+    import zlib
+
+    from zlib_ng import zlib_ng
+
+    assert images._deflate is zlib_ng
+    photo = bicubic_rgb(smooth_image(96, 80), 2)
+    noise = np.random.default_rng(3).integers(0, 256, (50, 70, 4), dtype=np.uint8)
+    fast = [images.encode_png(photo), images.encode_png(noise)]
+    monkeypatch.setattr(images, "_deflate", zlib)
+    assert [images.encode_png(photo), images.encode_png(noise)] == fast
