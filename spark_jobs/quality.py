@@ -19,10 +19,8 @@ rows then show up as missing in the gates, and it is listed in
 
 from __future__ import annotations
 
-import importlib
 import logging
 import sys
-import threading
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -100,38 +98,20 @@ def read_frames(spark, staging_uri: str, ds: str) -> tuple[dict[str, pd.DataFram
     return frames, missing
 
 
-def import_in_background(module: str) -> threading.Thread:
-    """Start importing ``module`` on a daemon thread; join the thread before using the module.
-
-    Importing Great Expectations costs about 5 s, more than the gates themselves.  The
-    Spark reads that come first mostly wait on Spark, so the two overlap.  An import
-    that fails here is retried, and raises, where the module is used.
-    """
-
-    def load() -> None:
-        try:
-            importlib.import_module(module)
-        except Exception:  # noqa: BLE001 - reported by the import where it is used
-            log.debug("background import of %s failed; it is retried where it is used", module)
-
-    thread = threading.Thread(target=load, name=f"import-{module}", daemon=True)
-    thread.start()
-    return thread
-
-
 def audit(storage: Storage, args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:
     """Read the manifest and the staged metadata, and run the gates (:func:`quality.run_suites`).
 
     The gates run here, on frames of a row per image or tile, not in a Spark worker:
     a worker would import Great Expectations afresh for every run anyway (a Spark
     Connect server starts new Python workers for each client session,
-    ``services.ensure_spark_connect``), and here that import overlaps the reads.
-    Measured in session 8: the job took 15.5 s with the gates in a worker and
-    11.1 s like this, at 64 photos.
+    ``services.ensure_spark_connect``) and add its own start.  Measured in session 8
+    at 64 photos: the job took 15.5 s with the gates in a worker, 11.7 s like this.
+    (Importing it on a thread during the reads saved another 0.6 s; not done, because
+    Great Expectations imports ``pyspark.sql`` too, and two threads importing pyspark's
+    interdependent modules at once risk Python's import deadlock error.)
 
     Returns the quality report and where the Spark reads ran (for the stage summary).
     """
-    gx_import = import_in_background("great_expectations")
     manifest = storage.read_json(layout.manifest_key(args.ds))
     spark = session(f"superres-quality-{args.ds}", args.spark_remote, IMAGE_ROWS_PER_BATCH)
     try:
@@ -140,7 +120,6 @@ def audit(storage: Storage, args: argparse.Namespace) -> tuple[dict[str, Any], d
     finally:
         spark.stop()
     frames["manifest"] = quality.manifest_records(manifest)
-    gx_import.join()
     report = quality.run_suites(frames, args.scale)
     return {"ds": args.ds, **report, "missing_datasets": missing}, ran_on
 
