@@ -105,6 +105,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_refit(args: argparse.Namespace) -> int:
+    from superres.refit import RefitConfig, refit
+
+    cfg = RefitConfig(
+        data=args.data, scale=args.scale, init=args.init, out=args.out, val=args.val or [],
+        lams=tuple(args.lam), fraction=args.fraction, downscales=tuple(args.downscales),
+        weighted=not args.unweighted, seed=args.seed, threads=args.threads,
+    )
+    summary = refit(cfg, log=lambda msg: print(msg, flush=True))
+    print(json.dumps(summary))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m superres", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -151,6 +164,21 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--workdir", default=".train", help="where checkpoints go (resume reads them)")
     tr.set_defaults(func=cmd_train)
+
+    rf = sub.add_parser("refit", help="solve trained weights' deconvolution for mean PSNR (closed form)")
+    rf.add_argument("--data", nargs="+", required=True)
+    rf.add_argument("--scale", type=int, choices=SCALES, required=True)
+    rf.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores); runs on CPU")
+    rf.add_argument("--init", required=True, help="trained weights whose deconvolution is refitted")
+    rf.add_argument("--out", required=True, help="weights path to write (.pt + .json)")
+    rf.add_argument("--val", nargs="*", default=None, help="validation folders: the best lam on them is kept")
+    rf.add_argument("--lam", type=float, nargs="+", default=[1e-5, 1e-4, 1e-3],
+                    help="proximal weights to try, relative to the normal matrix's mean diagonal")
+    rf.add_argument("--fraction", type=float, default=0.25, help="share of each image's LR pixels fitted")
+    rf.add_argument("--downscales", type=float, nargs="+", default=[1.0])
+    rf.add_argument("--unweighted", action="store_true", help="plain least squares (no 1/MSE image weights)")
+    rf.add_argument("--seed", type=int, default=0)
+    rf.set_defaults(func=cmd_refit)
     return p
 
 

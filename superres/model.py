@@ -70,6 +70,15 @@ class FSRCNN(nn.Module):
         return self.deconv(self.body(x))
 
 
+def deconv_taps(k: int, s: int, p: int) -> tuple[dict[int, list[int]], int]:
+    """Per output phase ``r``, the input offsets ``j`` a ``k``-tap stride-``s`` deconvolution
+    uses (output ``s*q + r`` reads input ``q - j`` through kernel tap ``s*j + r + p``), and
+    the largest ``|j|`` (the sub-pixel kernel's reach)."""
+    taps = {r: [j for j in range(-k, k + 1) if 0 <= s * j + r + p < k] for r in range(s)}
+    reach = max(max(max(js), -min(js)) for js in taps.values())
+    return taps, reach
+
+
 def subpixel_deconv(deconv: nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor, int]:
     """The exact Conv2d + PixelShuffle form of FSRCNN's transposed convolution.
 
@@ -91,8 +100,7 @@ def subpixel_deconv(deconv: nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Ten
         raise ValueError("only square kernels with output_padding = stride - 1 are supported")
     if deconv.groups != 1 or deconv.dilation != (1, 1):
         raise ValueError("groups and dilation are not supported")
-    taps = {r: [j for j in range(-k, k + 1) if 0 <= s * j + r + p < k] for r in range(s)}
-    reach = max(max(max(js), -min(js)) for js in taps.values())
+    taps, reach = deconv_taps(k, s, p)
     size = 2 * reach + 1
     weight = torch.zeros(c_out * s * s, c_in, size, size, dtype=w.dtype, device=w.device)
     for co in range(c_out):
