@@ -46,8 +46,8 @@ def test_targets_are_split_by_phase() -> None:
     np.testing.assert_allclose(t[1].numpy() * 255, hr[3:6, 6:9].reshape(-1), rtol=1e-6)
 
 
-@pytest.mark.parametrize("scale", [2, 4])
-def test_solve_recovers_a_deconvolution_that_made_the_targets(scale: int) -> None:
+@pytest.mark.parametrize(("scale", "weighted"), [(2, True), (4, True), (4, False)])
+def test_solve_recovers_a_deconvolution_that_made_the_targets(scale: int, weighted: bool) -> None:
     """Targets from a teacher deconvolution on the same body: the refit finds its outputs."""
     up = random_upscaler(scale, seed=11)
     teacher = theta_of(up.model)
@@ -55,8 +55,9 @@ def test_solve_recovers_a_deconvolution_that_made_the_targets(scale: int) -> Non
     pairs = [(lr, up.sr_plane(lr)) for lr in lrs]  # unrounded SR as the HR target
     start = teacher + np.random.default_rng(0).normal(0, 0.02, teacher.size)
     set_theta(up.model, start)
-    eq = accumulate(up.model, pairs, fraction=1.0, weighted=True)
+    eq = accumulate(up.model, pairs, fraction=1.0, weighted=weighted)
     assert eq.rows == 4 * 40 * 44
+    assert (eq.weight == eq.rows * scale**2) != weighted  # 1/MSE weights, or one per pixel
     assert eq.mse(start) > 1e-4
     theta = solve(eq, start, lam=1e-12)
     assert eq.mse(theta) < 1e-9
