@@ -234,13 +234,14 @@ def refit(cfg: RefitConfig, log: Callable[[str], None] = print) -> dict:
     if val_pairs:
         best = max(range(len(results)), key=lambda i: results[i]["val_psnr"])
     else:  # nothing to choose by: the smallest lam tried
-        best = 1 if len(candidates) > 1 else 0
+        best = 1 + int(np.argmin(cfg.lams)) if cfg.lams else 0
     lam, theta = candidates[best]
     set_theta(model, theta)
     seconds = round(time.time() - t0)
-    record = {"data": [Path(d).name for d in cfg.data], "lams": list(cfg.lams), "chosen_lam": lam,
-              "fraction": cfg.fraction, "downscales": list(cfg.downscales), "weighted": cfg.weighted,
-              "seed": cfg.seed, "rows": eq.rows, "seconds": seconds, "candidates": results}
+    record = {"init": cfg.init, "data": [Path(d).name for d in cfg.data], "lams": list(cfg.lams),
+              "chosen_lam": lam, "fraction": cfg.fraction, "downscales": list(cfg.downscales),
+              "weighted": cfg.weighted, "seed": cfg.seed, "rows": eq.rows, "seconds": seconds,
+              "candidates": results}
     validation = dict(meta.validation)
     if val_pairs:
         validation |= {"set": [Path(v).name for v in cfg.val], "psnr_y": results[best]["val_psnr"]}

@@ -111,6 +111,7 @@ def test_refit_command_writes_the_best_weights_by_validation(tmp_path, capsys) -
     refit = meta["recipe"]["refit"]
     assert meta["recipe"]["loss"] == "l1" and meta["training_data"] == ["gen"]  # the body's history kept
     assert [c["lam"] for c in refit["candidates"]] == [None, 1e-6, 1e-2]
+    assert refit["init"] == str(init) and refit["data"] == ["train"] and refit["fraction"] == 0.5
     best = max(refit["candidates"], key=lambda c: c["val_psnr"])
     assert refit["chosen_lam"] == best["lam"] == summary["chosen_lam"]
     assert meta["validation"]["psnr_y"] == best["val_psnr"] and meta["validation"]["set"] == ["val"]
@@ -127,3 +128,17 @@ def test_refit_command_writes_the_best_weights_by_validation(tmp_path, capsys) -
     for name, tensor in model.state_dict().items():
         if not name.startswith("deconv."):
             assert torch.equal(tensor, up.model.state_dict()[name]), name
+
+
+def test_refit_without_validation_takes_the_smallest_lam(tmp_path, capsys) -> None:
+    up = random_upscaler(4, seed=8)
+    init = tmp_path / "x4.pt"
+    save_model(up.model, init, ModelMeta.for_spec(up.model.spec, validation={"psnr_y": 1.0, "step": 3}))
+    _write_images(tmp_path / "train", 2, 64, seed=0)
+    out = tmp_path / "out.pt"
+    assert main(["refit", "--data", str(tmp_path / "train"), "--scale", "4", "--init", str(init),
+                 "--out", str(out), "--lam", "1e-2", "1e-7", "--threads", "1"]) == 0
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["recipe"]["refit"]["chosen_lam"] == 1e-7
+    assert meta["validation"] == {"psnr_y": 1.0, "step": 3}  # nothing new to claim
+    assert "chose lam=1e-07" in capsys.readouterr().out
