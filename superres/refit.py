@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from superres.model import FSRCNN, deconv_taps, load_model, save_model
+from superres.tiling import reflect_pad
 from superres.weights import ModelMeta, read_meta
 
 
@@ -128,9 +129,10 @@ def image_rows(model: FSRCNN, lr: np.ndarray, hr: np.ndarray, locations: np.ndar
     in the network's [0, 1] units, for the LR ``locations`` (flat indices; all if None).
     """
     s, halo = model.spec.scale, model.spec.halo
-    reach, _ = phase_index(model)
+    dc = model.deconv
+    _, reach = deconv_taps(dc.weight.shape[2], dc.stride[0], dc.padding[0])
     h, w = lr.shape
-    padded = np.pad(np.asarray(lr, dtype=np.float32) / 255.0, halo, mode="reflect")
+    padded = reflect_pad(lr, halo) / 255.0
     with torch.inference_mode():
         feat = model.body(torch.from_numpy(padded)[None, None])
         off = halo - reach  # features this far from the padded edge are exact
@@ -201,10 +203,8 @@ def solve(eq: NormalEquations, theta0: np.ndarray, lam: float) -> np.ndarray:
 
 def refit(cfg: RefitConfig, log: Callable[[str], None] = print) -> dict:
     """Refit ``cfg.init``'s deconvolution on ``cfg.data``; write the best by validation to ``cfg.out``."""
-    from superres import images
     from superres.engine import configure_threads
-    from superres.evaluate import protocol_pair
-    from superres.train import _gather, build_pairs, validate
+    from superres.train import _gather, build_pairs, load_val_pairs, validate
 
     threads = configure_threads(cfg.threads)
     t0 = time.time()
@@ -213,10 +213,7 @@ def refit(cfg: RefitConfig, log: Callable[[str], None] = print) -> dict:
     model = load_model(init, cfg.scale).eval()
     log(f"config {json.dumps(asdict(cfg), sort_keys=True)} threads={threads}")
     pairs = build_pairs(_gather(cfg.data), cfg.scale, cfg.downscales)
-    val_pairs = []
-    for p in _gather(cfg.val) if cfg.val else []:
-        lr_rgb, hr_rgb = protocol_pair(images.read(p).rgb(), cfg.scale)
-        val_pairs.append((p.stem, lr_rgb, hr_rgb))
+    val_pairs = load_val_pairs(cfg.val, cfg.scale)
     eq = accumulate(model, pairs, cfg.fraction, cfg.weighted, cfg.seed)
     log(f"data: {len(pairs)} pairs, {eq.rows} LR locations; equations {time.time() - t0:.1f}s")
 

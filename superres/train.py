@@ -123,6 +123,15 @@ def _gather(dirs: list[str]) -> list[Path]:
     return paths
 
 
+def load_val_pairs(dirs: list[str], scale: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """``(name, LR, HR)`` RGB pairs of every image in ``dirs`` under the paper protocol (none if no dirs)."""
+    pairs = []
+    for p in _gather(dirs) if dirs else []:
+        lr_rgb, hr_rgb = protocol_pair(images.read(p).rgb(), scale)
+        pairs.append((p.stem, lr_rgb, hr_rgb))
+    return pairs
+
+
 def validate(model: FSRCNN, val_pairs: list[tuple[str, np.ndarray, np.ndarray]]) -> float:
     model.eval()
     report = evaluate_pairs(Upscaler(model), val_pairs, with_ssim=False)
@@ -163,10 +172,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     sampler = PatchSampler(build_pairs(paths, cfg.scale, cfg.downscales), cfg.scale, cfg.patch, cfg.seed,
                            cfg.context)
     core = slice(cfg.context * cfg.scale, (cfg.context + cfg.patch) * cfg.scale)  # HR pixels in the loss
-    val_pairs = []
-    for p in _gather(cfg.val) if cfg.val else []:
-        lr_rgb, hr_rgb = protocol_pair(images.read(p).rgb(), cfg.scale)
-        val_pairs.append((p.stem, lr_rgb, hr_rgb))
+    val_pairs = load_val_pairs(cfg.val, cfg.scale)
     log(f"data: {len(paths)} images -> {len(sampler.pairs)} pairs; val {len(val_pairs)} images; "
         f"prep {time.time() - t0:.1f}s")
 

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from superres.cli import main
+from superres.engine import Upscaler
 from superres.evaluate import evaluate_pairs, protocol_pair
 from superres.model import ModelMeta, load_model, save_model
 from superres.refit import accumulate, image_rows, phase_index, phase_weights, set_theta, solve, theta_of
@@ -121,8 +122,6 @@ def test_refit_command_writes_the_best_weights_by_validation(tmp_path, capsys) -
     model = load_model(out, 4)
     pairs = [(p.stem, *protocol_pair(np.asarray(Image.open(p).convert("RGB")), 4))
              for p in sorted((tmp_path / "val").iterdir())]
-    from superres.engine import Upscaler
-
     psnr = evaluate_pairs(Upscaler(model), pairs, with_ssim=False)["mean"]["psnr"]
     assert psnr == pytest.approx(best["val_psnr"], abs=1e-3)
     for name, tensor in model.state_dict().items():
