@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Param, TriggerRule, chain, dag, task
 
+from superres.config import Settings
 from superres.orchestration.operators import SparkJobOperator
 
 DOC = """
@@ -40,6 +41,8 @@ default_args = {
     "retry_delay": timedelta(seconds=30),
     "retry_exponential_backoff": True,
     "max_retry_delay": timedelta(minutes=10),
+    # A hung task fails (and is retried) instead of holding its run forever: SUPERRES_TASK_TIMEOUT_S.
+    "execution_timeout": timedelta(seconds=Settings.from_env().task_timeout_s),
 }
 
 

@@ -71,6 +71,11 @@ class Settings:
     lease_ttl_s: int = 7200
     lease_wait_s: int = 3600
     lease_poll_s: float = 10.0
+    # Longest any one task may run (Airflow's execution_timeout): a hung Spark job or an
+    # unreachable Spark Connect server fails the task, which is retried, and notify still
+    # reports the run.  It includes waiting for the date's lease, so it must exceed lease_wait_s.
+    # Read when the DAG file is parsed (an environment variable, not a DAG param).
+    task_timeout_s: int = 10800
 
     # Pid files and logs of the local services `make up` / `make run` start, and the
     # spark-submit JVM's class-data-sharing archive (jvm/).
@@ -110,6 +115,9 @@ class Settings:
             value = getattr(self, name)
             if value and not value.startswith("sc://"):
                 raise ValueError(f"{name} must be empty or a Spark Connect URL sc://host:port, got {value!r}")
+        if self.task_timeout_s <= self.lease_wait_s:
+            raise ValueError(f"task_timeout_s ({self.task_timeout_s}) must exceed lease_wait_s "
+                             f"({self.lease_wait_s}): a task waiting for its date's lease would time out")
         if not 0.0 <= self.min_success_ratio <= 1.0:
             raise ValueError("min_success_ratio must be within [0, 1]")
         if not isinstance(self.callback_secret, Secret):

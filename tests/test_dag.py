@@ -76,6 +76,33 @@ def test_every_task_retries_with_exponential_backoff(dag) -> None:
         assert task.max_retry_delay is not None
 
 
+def test_every_task_has_the_configured_timeout(dag) -> None:
+    from superres.config import Settings
+
+    timeout = timedelta(seconds=Settings.from_env().task_timeout_s)
+    assert timeout > timedelta(seconds=Settings.from_env().lease_wait_s)
+    for task in dag.tasks:
+        assert task.execution_timeout == timeout, task.task_id
+
+
+def test_task_timeout_follows_the_environment_and_is_checked() -> None:
+    from superres.config import Settings
+
+    code = (
+        "import json\n"
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        f"bag = DagBag(dag_folder={str(ROOT / 'dags')!r})\n"
+        "print(json.dumps({t.task_id: t.execution_timeout.total_seconds() "
+        "for t in bag.dags['superres_daily'].tasks} if not bag.import_errors else bag.import_errors))\n"
+    )
+    env = os.environ | {"SUPERRES_TASK_TIMEOUT_S": "5400"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=env, cwd=ROOT).stdout.strip().splitlines()[-1]
+    assert json.loads(out) == dict.fromkeys(TASKS, 5400.0)
+    with pytest.raises(ValueError, match="must exceed lease_wait_s"):
+        Settings(task_timeout_s=600, lease_wait_s=3600)
+
+
 def test_params_and_defaults(dag) -> None:
     p = dag.params
     assert p["num_images"] == 8 and p["scale"] == 2 and p["mode"] == "evaluate"
