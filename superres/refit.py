@@ -204,7 +204,7 @@ def solve(eq: NormalEquations, theta0: np.ndarray, lam: float) -> np.ndarray:
 def refit(cfg: RefitConfig, log: Callable[[str], None] = print) -> dict:
     """Refit ``cfg.init``'s deconvolution on ``cfg.data``; write the best by validation to ``cfg.out``."""
     from superres.engine import configure_threads
-    from superres.train import _gather, build_pairs, load_val_pairs, validate
+    from superres.train import _gather, build_pairs, load_val_pairs, read_images, validate
 
     threads = configure_threads(cfg.threads)
     t0 = time.time()
@@ -212,8 +212,8 @@ def refit(cfg: RefitConfig, log: Callable[[str], None] = print) -> dict:
     meta = read_meta(init)
     model = load_model(init, cfg.scale).eval()
     log(f"config {json.dumps(asdict(cfg), sort_keys=True)} threads={threads}")
-    pairs = build_pairs(_gather(cfg.data), cfg.scale, cfg.downscales)
-    val_pairs = load_val_pairs(cfg.val, cfg.scale)
+    pairs = build_pairs([rgb for _, rgb in read_images(_gather(cfg.data), log)], cfg.scale, cfg.downscales)
+    val_pairs = load_val_pairs(cfg.val, cfg.scale, log)
     eq = accumulate(model, pairs, cfg.fraction, cfg.weighted, cfg.seed)
     log(f"data: {len(pairs)} pairs, {eq.rows} LR locations; equations {time.time() - t0:.1f}s")
 

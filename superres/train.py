@@ -60,13 +60,30 @@ class TrainConfig:
     workdir: str = ".train"  # checkpoints (not committed)
 
 
-def build_pairs(
-    paths: list[Path], scale: int, downscales: tuple[float, ...]
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(LR Y, HR Y) planes on 0..255 for each image and each downscaled copy."""
-    pairs = []
+def read_images(paths: list[Path], log: Callable[[str], None] = print) -> list[tuple[Path, np.ndarray]]:
+    """(path, RGB) of every decodable image.  One that cannot be read is logged with the
+    reason and skipped, so a single corrupt file does not end hours of training; none
+    readable at all is an error."""
+    out, skipped = [], 0
     for path in paths:
-        rgb = images.read(path).rgb()
+        try:
+            out.append((path, images.read(path).rgb()))
+        except (images.ImageError, OSError) as exc:
+            skipped += 1
+            log(f"skipped unreadable image {path}: {exc}")
+    if skipped:
+        log(f"skipped {skipped} of {len(paths)} images (see above)")
+    if not out:
+        raise ValueError(f"none of the {len(paths)} images could be read")
+    return out
+
+
+def build_pairs(
+    rgbs: list[np.ndarray], scale: int, downscales: tuple[float, ...]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(LR Y, HR Y) planes on 0..255 for each RGB image and each downscaled copy."""
+    pairs = []
+    for rgb in rgbs:
         for f in downscales:
             hr = rgb
             if f != 1.0:
@@ -123,13 +140,13 @@ def _gather(dirs: list[str]) -> list[Path]:
     return paths
 
 
-def load_val_pairs(dirs: list[str], scale: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """``(name, LR, HR)`` RGB pairs of every image in ``dirs`` under the paper protocol (none if no dirs)."""
-    pairs = []
-    for p in _gather(dirs) if dirs else []:
-        lr_rgb, hr_rgb = protocol_pair(images.read(p).rgb(), scale)
-        pairs.append((p.stem, lr_rgb, hr_rgb))
-    return pairs
+def load_val_pairs(dirs: list[str], scale: int, log: Callable[[str], None] = print,
+                   ) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """``(name, LR, HR)`` RGB pairs of every readable image in ``dirs`` under the paper protocol
+    (none if no dirs)."""
+    if not dirs:
+        return []
+    return [(p.stem, *protocol_pair(rgb, scale)) for p, rgb in read_images(_gather(dirs), log)]
 
 
 def validate(model: FSRCNN, val_pairs: list[tuple[str, np.ndarray, np.ndarray]]) -> float:
@@ -169,11 +186,12 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     t0 = time.time()
     log(f"config {json.dumps(asdict(cfg), sort_keys=True)} threads={threads} device={device}")
     paths = _gather(cfg.data)
-    sampler = PatchSampler(build_pairs(paths, cfg.scale, cfg.downscales), cfg.scale, cfg.patch, cfg.seed,
+    rgbs = [rgb for _, rgb in read_images(paths, log)]
+    sampler = PatchSampler(build_pairs(rgbs, cfg.scale, cfg.downscales), cfg.scale, cfg.patch, cfg.seed,
                            cfg.context)
     core = slice(cfg.context * cfg.scale, (cfg.context + cfg.patch) * cfg.scale)  # HR pixels in the loss
-    val_pairs = load_val_pairs(cfg.val, cfg.scale)
-    log(f"data: {len(paths)} images -> {len(sampler.pairs)} pairs; val {len(val_pairs)} images; "
+    val_pairs = load_val_pairs(cfg.val, cfg.scale, log)
+    log(f"data: {len(rgbs)} images -> {len(sampler.pairs)} pairs; val {len(val_pairs)} images; "
         f"prep {time.time() - t0:.1f}s")
 
     step, best, elapsed = 0, -math.inf, 0.0

@@ -117,6 +117,28 @@ def test_train_command_resumes_from_its_checkpoint(tmp_path) -> None:
     assert [r["step"] for r in log] == [2, 4]
 
 
+def test_train_skips_an_unreadable_image_with_its_reason(tmp_path, capsys) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(2):
+        Image.fromarray(smooth_image(64, 64, seed=i)).save(data / f"t{i}.png")
+    (data / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png")
+    out = tmp_path / "x2.pt"
+    args = ["train", "--data", str(data), "--val", str(data), "--scale", "2", "--out", str(out),
+            "--arch", "8", "4", "1", "--batch", "4", "--patch", "8", "--steps", "2",
+            "--val-every", "2", "--ckpt-every", "2", "--workdir", str(tmp_path / "ck")]
+    assert main(args) == 0
+    log = capsys.readouterr().out
+    # once for the training data and once for validation, each with the decoder's reason
+    assert log.count(f"skipped unreadable image {data / 'broken.png'}: ") == 2
+    assert "skipped 1 of 3 images" in log and "data: 2 images" in log
+    assert np.isfinite(json.loads(out.with_suffix(".json").read_text())["validation"]["psnr_y"])
+    for p in data.glob("t*.png"):
+        p.write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="none of the 3 images could be read"):
+        main([*args[:-2], "--workdir", str(tmp_path / "ck2")])
+
+
 def test_context_patches_carry_real_pixels_around_the_part_the_loss_sees(tmp_path) -> None:
     from superres.train import PatchSampler
 
