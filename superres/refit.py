@@ -85,6 +85,12 @@ def set_theta(model: FSRCNN, theta: np.ndarray) -> None:
         dc.bias.copy_(torch.from_numpy(theta[-1:]).to(dc.bias))
 
 
+def _deconv_geometry(model: FSRCNN) -> tuple[int, int, int, int]:
+    """(input channels, kernel, stride, padding) of the model's last layer."""
+    dc = model.deconv
+    return dc.weight.shape[0], dc.weight.shape[2], dc.stride[0], dc.padding[0]
+
+
 def phase_index(model: FSRCNN) -> tuple[int, dict[tuple[int, int], np.ndarray]]:
     """``(reach, {(ry, rx): idx})``: how the deconvolution acts on unfolded features.
 
@@ -93,8 +99,7 @@ def phase_index(model: FSRCNN) -> tuple[int, dict[tuple[int, int], np.ndarray]]:
     LR location ``q`` (``K = 2*reach + 1``, channel-major) followed by a 1 for the
     bias.  This is the sub-pixel form of :func:`superres.model.subpixel_deconv`.
     """
-    dc = model.deconv
-    d, k, s, p = dc.weight.shape[0], dc.weight.shape[2], dc.stride[0], dc.padding[0]
+    d, k, s, p = _deconv_geometry(model)
     taps, reach = deconv_taps(k, s, p)
     size = 2 * reach + 1
     out = {}
@@ -129,8 +134,7 @@ def image_rows(model: FSRCNN, lr: np.ndarray, hr: np.ndarray, locations: np.ndar
     in the network's [0, 1] units, for the LR ``locations`` (flat indices; all if None).
     """
     s, halo = model.spec.scale, model.spec.halo
-    dc = model.deconv
-    _, reach = deconv_taps(dc.weight.shape[2], dc.stride[0], dc.padding[0])
+    _, reach = deconv_taps(*_deconv_geometry(model)[1:])
     h, w = lr.shape
     padded = reflect_pad(lr, halo) / 255.0
     with torch.inference_mode():

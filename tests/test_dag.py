@@ -79,8 +79,9 @@ def test_every_task_retries_with_exponential_backoff(dag) -> None:
 def test_every_task_has_the_configured_timeout(dag) -> None:
     from superres.config import Settings
 
-    timeout = timedelta(seconds=Settings.from_env().task_timeout_s)
-    assert timeout > timedelta(seconds=Settings.from_env().lease_wait_s)
+    settings = Settings.from_env()
+    timeout = timedelta(seconds=settings.task_timeout_s)
+    assert timeout > timedelta(seconds=settings.lease_wait_s)
     for task in dag.tasks:
         assert task.execution_timeout == timeout, task.task_id
 
