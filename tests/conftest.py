@@ -26,6 +26,25 @@ os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 
 
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Leave logging writing to the real streams before pytest closes its captured ones.
+
+    Importing Airflow gives the root logger a StreamHandler on the sys.stdout of that
+    moment, which under pytest is a capture file that is closed once the session ends.
+    py4j then logs "Closing down clientserver connection" from ``__del__`` at interpreter
+    exit, into that closed file ("--- Logging error ---").  The handlers are pointed back
+    at the process's own streams, and py4j's shutdown chatter is dropped.
+    """
+    import logging
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            stream = getattr(handler, "stream", None)
+            if stream not in (sys.__stdout__, sys.__stderr__):
+                handler.setStream(sys.__stderr__ if stream is sys.stderr else sys.__stdout__)
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+
+
 @pytest.fixture(scope="session")
 def airflow_db() -> Path:
     """A migrated SQLite metadata DB for this test session (dag.test needs one)."""
