@@ -147,6 +147,21 @@ def host_allowed(url: str, base_url: str, allowed: frozenset[str]) -> bool:
     return False
 
 
+def redirect_target(url: str, location: str, status: int) -> str:
+    """The absolute URL a redirect from ``url`` points to; ``bad_redirect`` if it is not one.
+
+    A malformed Location (a non-numeric port, an unclosed IPv6 bracket) makes the
+    standard library raise ``ValueError``, which would otherwise escape the fetch loop.
+    """
+    try:
+        target = urljoin(url, location)
+        urlsplit(target).port  # noqa: B018 - parsing the port is the check
+    except ValueError as exc:
+        raise RequestFailed("bad_redirect", f"a redirect (HTTP {status}) from {redact_url(url)} is to an "
+                            f"invalid URL: {exc}", status=status) from exc
+    return target
+
+
 def id_sort_key(picsum_id: str) -> tuple[int, int, str]:
     """Numeric ids numerically (2 before 10), then any others as text."""
     return (0, int(picsum_id), "") if picsum_id.isdigit() else (1, 0, picsum_id)
@@ -299,9 +314,12 @@ class Client:
             except requests.exceptions.RequestException as exc:
                 raise RequestFailed("connection_error", f"cannot connect to {redact_url(current)}: {exc}",
                                     retryable=True) from exc
+            except ValueError as exc:  # requests parses a redirect's Location even when not following it
+                raise RequestFailed("bad_redirect", f"a redirect from {redact_url(current)} is to an "
+                                    f"invalid URL: {exc}") from exc
             with resp:
                 if resp.is_redirect:
-                    current = urljoin(current, resp.headers["Location"])
+                    current = redirect_target(current, resp.headers["Location"], resp.status_code)
                     continue
                 body = self._read_body(resp, current)
                 if resp.status_code != 200:
@@ -471,6 +489,9 @@ def fetch_one(http: Client, settings: Settings, ds: str, photo: Listed) -> Outco
         reply = http.get(url)
     except RequestFailed as exc:
         return _quarantine(photo, url, exc.reason, str(exc), exc.body, exc.status)
+    except Exception as exc:  # a client bug on a hostile response: keep the evidence, fetch the rest
+        log.exception("unexpected error fetching photo %s", photo.picsum_id)
+        return _quarantine(photo, url, "fetch_error", f"{type(exc).__name__}: {exc}", b"")
     try:
         dec = check_body(photo, reply, settings)
     except images.ImageError as exc:

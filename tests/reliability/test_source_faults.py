@@ -217,6 +217,20 @@ def test_redirect_within_the_source_host_is_followed(faulty: FaultyPicsum, store
     assert len(manifest["images"]) == 2
 
 
+@pytest.mark.parametrize("location", ["http://127.0.0.1:abc/x", "http://[::1/x"])
+def test_malformed_redirect_is_quarantined_and_the_rest_fetched(
+        faulty: FaultyPicsum, store: LocalStorage, location: str) -> None:
+    clean, _ = run_fetch(faulty, store, num_images=3)
+    bad = clean["images"][0]["image_id"]
+    faulty.faults[bad] = Fault("redirect", location=location)
+    manifest, sleeps = run_fetch(faulty, store, num_images=3)  # the rerun replaces the date
+    (record,) = manifest["quarantined"]
+    assert record["image_id"] == bad and record["reason"] == "bad_redirect" and sleeps == []
+    assert "is to an invalid URL: " in record["message"], record["message"]
+    assert len(manifest["images"]) == 2
+    assert_reconciled(manifest, store)
+
+
 MALFORMED_LISTINGS = {
     "object_not_list": (b'{"not": "a list"}', "expected a JSON list"),
     "html_maintenance_page": (b"<html>maintenance</html>", "not JSON"),
