@@ -67,8 +67,10 @@ class Settings:
     backend: str = "auto"  # inference backend (superres.engine.BACKENDS); auto: fast
 
     # One run writes a date at a time (superres.orchestration.lease): how long a lease lives
-    # without renewal, and how long a second run of the same date waits for it.
-    lease_ttl_s: int = 7200
+    # without renewal, and how long a second run of the same date waits for it.  Each task
+    # renews the lease when it starts, so it must outlive the longest task (task_timeout_s):
+    # a lease that expired under a running task would let a second run write the same date.
+    lease_ttl_s: int = 14400
     lease_wait_s: int = 3600
     lease_poll_s: float = 10.0
     # Longest any one task may run (Airflow's execution_timeout): a hung Spark job or an
@@ -118,6 +120,10 @@ class Settings:
         if self.task_timeout_s <= self.lease_wait_s:
             raise ValueError(f"task_timeout_s ({self.task_timeout_s}) must exceed lease_wait_s "
                              f"({self.lease_wait_s}): a task waiting for its date's lease would time out")
+        if self.lease_ttl_s <= self.task_timeout_s:
+            raise ValueError(f"lease_ttl_s ({self.lease_ttl_s}) must exceed task_timeout_s "
+                             f"({self.task_timeout_s}): each task renews its date's lease when it starts, "
+                             "so a shorter lease could expire under a running task")
         if not 0.0 <= self.min_success_ratio <= 1.0:
             raise ValueError("min_success_ratio must be within [0, 1]")
         if not isinstance(self.callback_secret, Secret):

@@ -102,6 +102,9 @@ def test_task_timeout_follows_the_environment_and_is_checked() -> None:
     assert json.loads(out) == dict.fromkeys(TASKS, 5400.0)
     with pytest.raises(ValueError, match="must exceed lease_wait_s"):
         Settings(task_timeout_s=600, lease_wait_s=3600)
+    with pytest.raises(ValueError, match="must exceed task_timeout_s"):
+        Settings(task_timeout_s=10800, lease_ttl_s=7200)  # the lease could expire under a task
+    assert Settings().lease_ttl_s > Settings().task_timeout_s
 
 
 def test_params_and_defaults(dag) -> None:
