@@ -133,8 +133,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 joined = joined.join(hr, "image_id")
             parts = args.partitions or parallelism(spark)
 
+            max_pixels = args.max_pixels
+
             def evaluate(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-                return evaluate_batches(batches, mode=mode, scale=scale)
+                return evaluate_batches(batches, mode=mode, scale=scale, max_pixels=max_pixels)
 
             result = joined.repartition(max(1, min(parts, len(ids)))) \
                 .mapInArrow(evaluate, spark_schema(EVAL_SCHEMA))

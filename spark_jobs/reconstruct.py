@@ -25,7 +25,7 @@ from superres.storage import open_storage
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(job_parser(__doc__), argv)
     storage = open_storage(args.storage_uri)
-    scale = args.scale
+    scale, max_pixels = args.scale, args.max_pixels
     spark = session(f"superres-reconstruct-{args.ds}", args.spark_remote, IMAGE_ROWS_PER_BATCH)
     try:
         with stage_summary(storage, args.ds, "reconstruct", {"scale": scale}) as summary:
@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 row = image.iloc[0].to_dict()
                 cores = [(int(t.y), int(t.x), tiling.decode_pixels(t.pixels, int(t.sr_h), int(t.sr_w)))
                          for t in tiles.itertuples()]
-                return pd.DataFrame([reconstruct_image(row, cores, scale)])
+                return pd.DataFrame([reconstruct_image(row, cores, scale, max_pixels)])
 
             out = sr.groupBy("image_id").cogroup(imgs.groupBy("image_id")) \
                 .applyInPandas(stitch_group, OUTPUT_SCHEMA)

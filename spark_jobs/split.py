@@ -52,7 +52,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             imgs = raw.mapInArrow(to_images, spark_schema(IMAGE_SCHEMA)).cache()
             imgs.write.mode("overwrite").parquet(layout.staging_path(args.staging_uri, "images", args.ds))
-            tiles = imgs.filter("status = 'ok'").mapInArrow(cut_tiles, spark_schema(TILE_SCHEMA))
+            def to_tiles(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+                return cut_tiles(batches, max_pixels=opts["max_pixels"])
+
+            tiles = imgs.filter("status = 'ok'").mapInArrow(to_tiles, spark_schema(TILE_SCHEMA))
             tiles.write.mode("overwrite").parquet(layout.staging_path(args.staging_uri, "tiles", args.ds))
             # One small collect (no pixels) for the whole summary: every Spark action is a round trip.
             meta = imgs.select("image_id", "status", "reason", "message", "tiles").collect()

@@ -162,6 +162,32 @@ def test_upscale_artifacts_compare_bicubic_with_sr() -> None:
     assert np.array_equal(images.decode(out["bicubic_png"]).pixels, bicubic_image(lr, SCALE))
 
 
+def test_the_runs_pixel_limit_reaches_every_decode_and_sr_may_be_scale_squared_larger() -> None:
+    """The limit is the run's (``--max-pixels``), on the photo: an SR output is scale^2 larger."""
+    from superres.pipeline.reconstruct import reconstruct_image
+    from superres.pipeline.split import tiles_of
+
+    hr_bytes, hr, lr = triple(80, 60)  # HR 80x60 = 4,800 px, LR 40x30 = 1,200, SR 4,800
+    sr = png(bicubic_image(lr, SCALE))
+    # The photo exactly at the limit: every decode passes, though SR is 4x the limit in upscale mode.
+    assert evaluate_image("e", hr_bytes, sr, png(lr), SCALE, max_pixels=4_800)["psnr"] > 20
+    upscale_lr = png(hr)  # upscale mode: the photo is the LR, its output 9,600x2 px
+    up_sr = png(bicubic_image(hr, SCALE))
+    assert upscale_artifacts("u", up_sr, upscale_lr, SCALE, max_pixels=4_800)["image_id"] == "u"
+    # One pixel under it, each stage refuses the photo with the decoder's specific reason.
+    with pytest.raises(images.ImageError, match="exceeds the limit of 4799") as info:
+        evaluate_image("e", hr_bytes, sr, png(lr), SCALE, max_pixels=4_799)
+    assert info.value.reason == "too_many_pixels"
+    with pytest.raises(images.ImageError, match=r"19200 pixels exceeds the limit of 19196"):
+        upscale_artifacts("u", up_sr, upscale_lr, SCALE, max_pixels=4_799)  # 4 x 4,799 for the SR
+    row = split_image("r", png(hr), mode="upscale", scale=SCALE, tile=32, halo=4, max_pixels=4_800)
+    assert len(tiles_of(row, max_pixels=4_800)) == row["tiles"]
+    for stage_call in (lambda: tiles_of(row, max_pixels=4_799),
+                       lambda: reconstruct_image(row, [], SCALE, max_pixels=4_799)):
+        with pytest.raises(images.ImageError, match="exceeds the limit of 4799"):
+            stage_call()
+
+
 def test_texture_window_finds_the_detailed_region() -> None:
     y = np.full((400, 400), 100.0)
     y[300:380, 250:330] = np.random.default_rng(0).uniform(0, 255, (80, 80))

@@ -136,17 +136,22 @@ def _check_size(image_id: str, what: str, got: np.ndarray, want: tuple[int, int]
 # --------------------------------------------------------------------------- per image
 
 
+def sr_max_pixels(max_pixels: int, scale: int) -> int:
+    """Decode limit for an SR output: the run's input limit applies to the photo, not to its x scale^2 result."""
+    return max_pixels * scale * scale
+
+
 def evaluate_image(image_id: str, hr_bytes: bytes, sr_png: bytes, lr_png: bytes,
-                   scale: int) -> dict[str, Any]:
+                   scale: int, max_pixels: int = images.DEFAULT_MAX_PIXELS) -> dict[str, Any]:
     """Evaluate mode: scores of SR and bicubic against the HR photo, plus both artifacts.
 
     The HR is cropped to a multiple of ``scale`` as the protocol does when it
     makes the LR; SR must then be exactly that size and the LR ``1/scale`` of it.
     PSNR is ``inf`` when SR equals HR (see :data:`PSNR_CAP_DB` for the JSON).
     """
-    hr = crop_to_multiple(images.decode(hr_bytes).pixels, scale)
-    sr = images.decode(sr_png).pixels
-    lr = images.decode(lr_png).pixels
+    hr = crop_to_multiple(images.decode(hr_bytes, max_pixels=max_pixels).pixels, scale)
+    sr = images.decode(sr_png, max_pixels=sr_max_pixels(max_pixels, scale)).pixels
+    lr = images.decode(lr_png, max_pixels=max_pixels).pixels
     size = hr.shape[:2]
     why = f"the HR photo cropped to a multiple of x{scale}"
     _check_size(image_id, "the SR output", sr, size, why)
@@ -164,10 +169,11 @@ def evaluate_image(image_id: str, hr_bytes: bytes, sr_png: bytes, lr_png: bytes,
     }
 
 
-def upscale_artifacts(image_id: str, sr_png: bytes, lr_png: bytes, scale: int) -> dict[str, Any]:
+def upscale_artifacts(image_id: str, sr_png: bytes, lr_png: bytes, scale: int,
+                      max_pixels: int = images.DEFAULT_MAX_PIXELS) -> dict[str, Any]:
     """Upscale mode (no ground truth): the bicubic PNG and a bicubic | SR comparison."""
-    sr = images.decode(sr_png).pixels
-    lr = images.decode(lr_png).pixels
+    sr = images.decode(sr_png, max_pixels=sr_max_pixels(max_pixels, scale)).pixels
+    lr = images.decode(lr_png, max_pixels=max_pixels).pixels
     want = (lr.shape[0] * scale, lr.shape[1] * scale)
     _check_size(image_id, "the SR output", sr, want, f"x{scale} the LR input")
     bicubic = bicubic_image(lr, scale)
@@ -183,7 +189,8 @@ def upscale_artifacts(image_id: str, sr_png: bytes, lr_png: bytes, scale: int) -
     }
 
 
-def evaluate_row(row: Mapping[str, Any], mode: str, scale: int) -> dict[str, Any]:
+def evaluate_row(row: Mapping[str, Any], mode: str, scale: int,
+                 max_pixels: int = images.DEFAULT_MAX_PIXELS) -> dict[str, Any]:
     """One joined row (image_id, png, lr_png[, hr]) -> an :data:`EVAL_SCHEMA` record.
 
     The SR PNG is passed through untouched, so the driver publishes exactly
@@ -191,23 +198,23 @@ def evaluate_row(row: Mapping[str, Any], mode: str, scale: int) -> dict[str, Any
     """
     image_id, png = row["image_id"], bytes(row["png"])
     if mode == "evaluate":
-        out = evaluate_image(image_id, bytes(row["hr"]), png, bytes(row["lr_png"]), scale)
+        out = evaluate_image(image_id, bytes(row["hr"]), png, bytes(row["lr_png"]), scale, max_pixels)
     elif mode == "upscale":
         out = dict.fromkeys(KEYS)
-        out.update(upscale_artifacts(image_id, png, bytes(row["lr_png"]), scale))
+        out.update(upscale_artifacts(image_id, png, bytes(row["lr_png"]), scale, max_pixels))
     else:
         raise ValueError(f"mode must be 'evaluate' or 'upscale', got {mode!r}")
     out["png"] = png
     return out
 
 
-def evaluate_batches(batches: Iterator[pa.RecordBatch], *, mode: str,
-                     scale: int) -> Iterator[pa.RecordBatch]:
+def evaluate_batches(batches: Iterator[pa.RecordBatch], *, mode: str, scale: int,
+                     max_pixels: int = images.DEFAULT_MAX_PIXELS) -> Iterator[pa.RecordBatch]:
     """mapInArrow body: one image at a time, so a worker holds one photo's arrays at once."""
     for batch in batches:
         for i in range(batch.num_rows):
             row = batch.slice(i, 1).to_pylist()[0]
-            yield pa.RecordBatch.from_pylist([evaluate_row(row, mode, scale)], schema=EVAL_SCHEMA)
+            yield pa.RecordBatch.from_pylist([evaluate_row(row, mode, scale, max_pixels)], schema=EVAL_SCHEMA)
 
 
 def publish_chunks(ids: Sequence[str], size: int | None = None) -> list[tuple[str, int]]:

@@ -13,10 +13,14 @@ from superres.engine import UNIT, assemble
 
 
 def reconstruct_image(
-    image: dict[str, Any], cores: Iterable[tuple[int, int, np.ndarray]], scale: int
+    image: dict[str, Any], cores: Iterable[tuple[int, int, np.ndarray]], scale: int,
+    max_pixels: int = images.DEFAULT_MAX_PIXELS,
 ) -> dict[str, Any]:
-    """Stitch an image's SR cores (LR origin y, x, pixels) and encode the PNG."""
-    lr = images.decode(image["lr_png"]).pixels
+    """Stitch an image's SR cores (LR origin y, x, pixels) and encode the PNG.
+
+    ``max_pixels`` is the run's input limit, which the LR (never larger than the photo) meets.
+    """
+    lr = images.decode(image["lr_png"], max_pixels=max_pixels).pixels
     h, w = int(image["lr_height"]), int(image["lr_width"])
     y_sr = tiling.stitch(cores, h, w, scale) * UNIT  # cores are in the network's [0, 1]
     png = images.encode_png(assemble(lr, y_sr, scale))

@@ -71,9 +71,12 @@ def split_image(
     return row
 
 
-def tiles_of(image: dict[str, Any]) -> list[dict[str, Any]]:
-    """Halo tile records of an ``ok`` image row, with per-tile min/max for the quality gate."""
-    lr = images.decode(image["lr_png"]).pixels
+def tiles_of(image: dict[str, Any], max_pixels: int = images.DEFAULT_MAX_PIXELS) -> list[dict[str, Any]]:
+    """Halo tile records of an ``ok`` image row, with per-tile min/max for the quality gate.
+
+    ``max_pixels`` is the run's input limit (the LR is never larger than the photo).
+    """
+    lr = images.decode(image["lr_png"], max_pixels=max_pixels).pixels
     unit = luma(lr) / UNIT  # tiles hold the network's input domain, Y in [0, 1]
     _, tiles = tiling.split(unit, image["image_id"], int(image["tile"]), int(image["halo"]))
     out = []
@@ -92,8 +95,9 @@ def split_images(batches: Iterator[pa.RecordBatch], **opts: Any) -> Iterator[pa.
             yield pa.RecordBatch.from_pylist(rows, schema=IMAGE_SCHEMA)
 
 
-def cut_tiles(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+def cut_tiles(batches: Iterator[pa.RecordBatch],
+              max_pixels: int = images.DEFAULT_MAX_PIXELS) -> Iterator[pa.RecordBatch]:
     """mapInArrow body: ok image rows -> tile rows."""
     for batch in batches:
         for image in batch.to_pylist():
-            yield pa.RecordBatch.from_pylist(tiles_of(image), schema=TILE_SCHEMA)
+            yield pa.RecordBatch.from_pylist(tiles_of(image, max_pixels), schema=TILE_SCHEMA)
