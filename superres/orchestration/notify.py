@@ -50,13 +50,26 @@ def _maybe_json(storage: Storage, key: str) -> Any:
 
 def build_event(run: dict[str, Any], storage: Storage, failed_tasks: list[str], dag_id: str,
                 idempotency_key: str) -> dict[str, Any]:
-    """The callback body: identity, state, counts, metrics, quality and where outputs are."""
+    """The callback body: identity, state, counts, metrics, quality and where outputs are.
+
+    Only what this run wrote is reported.  A run that never took the date (its fetch
+    failed before clearing the reports, e.g. on another run's lease) reports nothing of
+    the files it finds.  ``sr/`` keeps the last *published* outputs, so a rerun that
+    failed before its evaluate published lists no images rather than an earlier run's.
+    """
     ds = run["ds"]
-    manifest = _maybe_json(storage, layout.manifest_key(ds)) or {"images": [], "quarantined": []}
-    report = _maybe_json(storage, layout.report_key(ds, "run.json")) or {}
-    metrics = _maybe_json(storage, layout.report_key(ds, "metrics.json"))
-    quality = _maybe_json(storage, layout.report_key(ds, "quality.json"))
-    published = set(storage.list(layout.sr_prefix(ds)))
+    empty: dict[str, Any] = {"images": [], "quarantined": []}
+    owned = (_maybe_json(storage, layout.owner_key(ds)) or {}).get("run_id") == run["run_id"]
+
+    def ours(key: str) -> Any:
+        return _maybe_json(storage, key) if owned else None
+
+    manifest = ours(layout.manifest_key(ds)) or empty
+    report = ours(layout.report_key(ds, "run.json")) or {}
+    metrics = ours(layout.report_key(ds, "metrics.json"))
+    quality = ours(layout.report_key(ds, "quality.json"))
+    evaluate = ours(layout.report_key(ds, "stages/evaluate.json")) or {}
+    published = set(storage.list(layout.sr_prefix(ds))) if evaluate.get("published") is True else set()
     artifacts = set(storage.list(layout.reports_prefix(ds)))
     images = []
     for img in manifest["images"]:

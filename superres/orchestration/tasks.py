@@ -48,6 +48,7 @@ def fetch(run: dict[str, Any]) -> dict[str, Any]:
     # This run owns the date's reports from here on: drop every report a previous
     # run of the same date left, so nothing stale can be mistaken for this run's.
     storage.delete_prefix(layout.reports_prefix(run["ds"]))
+    storage.write_json(layout.owner_key(run["ds"]), {"ds": run["ds"], "run_id": run["run_id"]})
     manifest = fetch_partition(settings_of(run), run["ds"], storage)
     seconds = round(time.time() - t0, 3)
     storage.write_json(layout.report_key(run["ds"], "stages/fetch.json"), {

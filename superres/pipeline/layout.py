@@ -4,6 +4,7 @@
     quarantine/ds=YYYY-MM-DD/<image_id>.bin               rejected bodies, kept for inspection
     sr/ds=YYYY-MM-DD/<image_id>.png                       results
     reports/ds=YYYY-MM-DD/run.json, quality.json, ...     reports
+    reports/ds=YYYY-MM-DD/owner.json                      the run those reports belong to
     locks/ds=YYYY-MM-DD/lease.json                        the run writing this date
     <staging>/<dataset>/ds=YYYY-MM-DD/                    Parquet written by Spark
 
@@ -59,6 +60,11 @@ def manifest_key(ds: str) -> str:
 
 def report_key(ds: str, name: str) -> str:
     return f"{reports_prefix(ds)}/{name}"
+
+
+def owner_key(ds: str) -> str:
+    """Which run the date's reports belong to: written by its fetch right after clearing them."""
+    return report_key(ds, "owner.json")
 
 
 def staging_path(staging_uri: str, dataset: str, ds: str) -> str:

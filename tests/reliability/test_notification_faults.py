@@ -70,6 +70,8 @@ def seed_run(storage: LocalStorage) -> dict[str, Any]:
     storage.replace_partition(f"raw/ds={DS}", {"_manifest.json": json.dumps(manifest).encode(),
                                                 "1.jpg": png_bytes(16, 16), "2.jpg": png_bytes(16, 16, 1)})
     storage.replace_partition(f"sr/ds={DS}", {"1.png": png_bytes(32, 32), "2.png": png_bytes(32, 32, 1)})
+    storage.write_json(f"reports/ds={DS}/owner.json", {"ds": DS, "run_id": RUN_ID})
+    storage.write_json(f"reports/ds={DS}/stages/evaluate.json", {"stage": "evaluate", "published": True})
     settings = Settings(storage_uri=str(storage.root))
     return {"ds": DS, "run_id": RUN_ID, "token": "tok", "settings": settings.public()}
 
@@ -274,6 +276,26 @@ def _post(url: str, body: bytes, key: str, timestamp: int | None = None) -> requ
 
 def _event(store: LocalStorage) -> dict[str, Any]:
     return notify_mod.build_event(seed_run(store), store, [], "superres_daily", f"{RUN_ID}#0")
+
+
+def test_the_event_reports_only_what_this_run_wrote(store: LocalStorage) -> None:
+    run = seed_run(store)
+    event = notify_mod.build_event(run, store, [], "superres_daily", "k")
+    assert [i["image_id"] for i in event["images"]] == ["1", "2"]
+    assert event["counts"] == {"fetched": 3, "processed": 2, "quarantined": 1}
+    # A rerun that failed before its evaluate published: sr/ still holds the earlier run's
+    # outputs (the last published ones), which are not this run's.
+    store.delete_prefix(f"reports/ds={DS}/stages/")
+    failed = notify_mod.build_event(run, store, ["quality"], "superres_daily", "k")
+    assert failed["state"] == "failed" and failed["images"] == []
+    assert failed["counts"] == {"fetched": 3, "processed": 0, "quarantined": 1}
+    # A run that never took the date (its fetch failed on another run's lease) reports none of
+    # the other run's files: no images, counts, quarantine or metrics.
+    store.write_json(f"reports/ds={DS}/stages/evaluate.json", {"stage": "evaluate", "published": True})
+    store.write_json(f"reports/ds={DS}/metrics.json", {"mean": {"psnr": 30.0}, "images": []})
+    other = notify_mod.build_event(dict(run, run_id="manual__other"), store, ["fetch"], "superres_daily", "k")
+    assert other["images"] == [] and other["quarantine"] == [] and other["metrics"] is None
+    assert other["counts"] == {"fetched": 0, "processed": 0, "quarantined": 0}
 
 
 def test_same_request_delivered_twice_is_stored_once(store: LocalStorage, notifier: NotifierServer) -> None:
