@@ -137,7 +137,7 @@ def _check_size(image_id: str, what: str, got: np.ndarray, want: tuple[int, int]
 
 
 def sr_max_pixels(max_pixels: int, scale: int) -> int:
-    """Decode limit for an SR output: the run's input limit applies to the photo, not to its x scale^2 result."""
+    """Decode limit for an SR output: the run's limit is on the photo, not its x scale^2 result."""
     return max_pixels * scale * scale
 
 
