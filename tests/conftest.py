@@ -41,7 +41,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
             stream = getattr(handler, "stream", None)
             if stream not in (sys.__stdout__, sys.__stderr__):
-                handler.setStream(sys.__stderr__ if stream is sys.stderr else sys.__stdout__)
+                # Assigned, not setStream(): that flushes the old stream, which may be closed already.
+                handler.stream = sys.__stderr__ if stream is sys.stderr else sys.__stdout__
     logging.getLogger("py4j").setLevel(logging.WARNING)
 
 
