@@ -3,7 +3,9 @@
 It builds the job's arguments from the ``resolve`` task's XCom at run time,
 points spark-submit at this environment's Python and Spark when nothing else
 is configured, and hands S3 credentials from the Airflow AWS connection to the
-job through its process environment (never on the command line or in logs).
+job through its process environment (never on the command line or in logs; on
+YARN and Kubernetes, where the hook would put them on the command line, they are
+held back and the cluster's own identity applies: ``env_for_cluster``).
 
 In client deploy mode spark-submit's JVM maps a class-data-sharing archive that
 the first task wrote (``class_sharing``), which takes 0.6-0.9 s off every task.
@@ -60,6 +62,31 @@ def s3_env(aws_conn_id: str) -> dict[str, str]:
     return env
 
 
+AWS_ENV_PREFIX = "AWS_"
+
+
+def env_for_cluster(master: str, deploy_mode: str | None,
+                    env: dict[str, str] | None) -> tuple[dict[str, str] | None, list[str]]:
+    """The environment spark-submit may be given for this master, and the variables held back.
+
+    spark-submit's hook passes ``env_vars`` in the process environment only for a
+    client-mode driver.  On YARN and Kubernetes it writes each one as a ``--conf``
+    argument (into the command line, the process table and the task log), so the
+    AWS credentials are held back there: the driver uses the cluster's own identity
+    (instance profile, IRSA, a Kubernetes secret).  A standalone master in cluster
+    deploy mode takes no environment at all (the hook refuses it).
+    """
+    if not env:
+        return env, []
+    on_command_line = "yarn" in master or "k8s" in master
+    if on_command_line:
+        held = sorted(k for k in env if k.startswith(AWS_ENV_PREFIX))
+        return {k: v for k, v in env.items() if k not in held}, held
+    if deploy_mode == "cluster":
+        return None, sorted(env)
+    return env, []
+
+
 class SparkJobOperator(SparkSubmitOperator):
     """Runs ``spark_jobs/<job>.py`` for the run's date through ``spark_default``."""
 
@@ -114,6 +141,16 @@ class SparkJobOperator(SparkSubmitOperator):
         if self._killed:
             # The JVM may exit 0 on SIGTERM; a job we stopped must never count as done.
             raise RuntimeError(f"spark job {self.job!r} was stopped by a kill signal before it finished")
+
+    def _get_hook(self) -> Any:
+        hook = super()._get_hook()
+        conn = hook._connection  # the master and deploy mode the hook resolved from spark_default
+        hook._env_vars, held = env_for_cluster(conn["master"], conn["deploy_mode"], hook._env_vars)
+        if held:
+            self.log.warning("spark-submit to %s (deploy mode %s) gets no %s from this task: the "
+                             "cluster's own environment and identity apply there",
+                             conn["master"], conn["deploy_mode"] or "client", ", ".join(held))
+        return hook
 
     def _client_deploy_mode(self, conn_id: str) -> bool:
         """Whether spark-submit's JVM is the driver here (client mode), not a remote one."""
