@@ -26,7 +26,8 @@ def built(monkeypatch: pytest.MonkeyPatch, conn: dict) -> tuple[str, dict | None
     return cmd, hook._env
 
 
-def test_aws_credentials_never_reach_a_yarn_or_kubernetes_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_aws_credentials_never_reach_a_yarn_or_kubernetes_command_line(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     cmd, _ = built(monkeypatch, {"conn_type": "spark", "host": "yarn"})
     for name, value in SECRETS.items():
         assert value not in cmd and name not in cmd, cmd
