@@ -10,6 +10,8 @@
 4. 400 ``missing_idempotency_key``: ``X-Idempotency-Key`` is required (the
    sender uses the Airflow run id + ds); 1-200 printable ASCII characters.
 5. 400 ``malformed_json`` | ``invalid_event``: see :mod:`notifier.events`.
+   400 ``idempotency_key_mismatch``: the signed body names an ``idempotency_key``
+   (the pipeline's events do) and the unsigned header says another.
 6. The delivery decision, atomically in one SQLite transaction:
 
    * **replay**, 409 ``replay``: the (timestamp, signature) pair was accepted
@@ -85,6 +87,12 @@ def callbacks() -> tuple[Response, int]:
         event = parse_event(body)
     except EventError as exc:
         return _reject(400, exc.code, exc.message, problems=exc.problems)
+    signed_key = event.data.get("idempotency_key")
+    if signed_key is not None and signed_key != key:
+        # The header is not signed; the body's key is.  Without this a captured request could be
+        # filed under a key of the capturer's choosing before the real delivery arrives.
+        return _reject(400, "idempotency_key_mismatch",
+                       f"{IDEMPOTENCY_HEADER} differs from the signed event's idempotency_key")
 
     delivery = db.Delivery(
         idempotency_key=key,

@@ -139,6 +139,16 @@ def test_missing_idempotency_key_is_rejected(client: FlaskClient) -> None:
     assert response.json["error"] == "missing_idempotency_key"
 
 
+def test_header_key_must_match_the_signed_key_in_the_body(client: FlaskClient, app: Flask) -> None:
+    """The header is not covered by the signature; the body's key is, and it wins."""
+    event = variant(make_event(), idempotency_key="run-1#0")
+    response = post_event(client, event, key="chosen-by-someone-else")
+    assert (response.status_code, response.json["error"]) == (400, "idempotency_key_mismatch")
+    assert _events(app) == 0
+    assert post_event(client, event, key="run-1#0").status_code == 201
+    assert _events(app) == 1
+
+
 def test_callbacks_refused_when_no_secret_is_configured(app_config: dict[str, Any]) -> None:
     client = create_app({**app_config, "CALLBACK_SECRET": ""}).test_client()
     response = post_event(client)
