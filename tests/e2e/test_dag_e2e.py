@@ -19,7 +19,7 @@ from tests.conftest import FAKE_ACCESS_KEY, FAKE_SECRET_KEY, ROOT
 pytestmark = [pytest.mark.e2e, pytest.mark.spark]
 
 # Reports that carry this run's timings or identity; everything else must be byte-identical on a rerun.
-PER_RUN = ("run.json", "event.json", "/stages/")
+PER_RUN = ("run.json", "event.json", "owner.json", "/stages/")
 
 
 def _dag():
