@@ -299,8 +299,9 @@ def test_the_event_reports_only_what_this_run_wrote(store: LocalStorage) -> None
 
 
 def test_same_request_delivered_twice_is_stored_once(store: LocalStorage, notifier: NotifierServer) -> None:
-    body = notify_mod.encode(_event(store))
-    first, again = _post(notifier.url, body, "k1"), _post(notifier.url, body, "k1")
+    event = _event(store)
+    body, key = notify_mod.encode(event), event["idempotency_key"]
+    first, again = _post(notifier.url, body, key), _post(notifier.url, body, key)
     assert (first.status_code, first.json()["status"]) == (201, "stored")
     assert (again.status_code, again.json()["status"]) == (200, "duplicate")
     assert notifier.events() == 1
@@ -323,9 +324,10 @@ def test_retried_task_that_re_signs_the_same_event_is_a_duplicate(
 def test_concurrent_deliveries_store_once(store: LocalStorage, notifier: NotifierServer) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    body = notify_mod.encode(_event(store))
+    event = _event(store)
+    body = notify_mod.encode(event)
     with ThreadPoolExecutor(max_workers=6) as pool:
-        answers = pool.map(lambda _: _post(notifier.url, body, "same"), range(6))
+        answers = pool.map(lambda _: _post(notifier.url, body, event["idempotency_key"]), range(6))
         statuses = sorted(r.status_code for r in answers)
     assert statuses == [200] * 5 + [201]
     assert notifier.events() == 1

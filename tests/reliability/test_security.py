@@ -28,6 +28,7 @@ from superres.fetch import fetch_partition
 from superres.orchestration import notify as notify_mod
 from superres.orchestration import services, stack, tasks
 from superres.orchestration.run import RUN_PARAMS, describe_run, settings_of
+from superres.pipeline import layout
 from superres.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER
 from superres.storage import LocalStorage, open_storage
 from tests.conftest import _isolate_network
@@ -262,9 +263,12 @@ def _notify_context() -> dict[str, Any]:
 
 
 def _pretend_compute(storage: Any, manifest: dict[str, Any]) -> None:
-    """What the Spark jobs would publish for the accepted photos: SR PNGs (the notifier shows them)."""
+    """What the Spark jobs would publish for the accepted photos: SR PNGs (the notifier shows them),
+    and the evaluate stage's summary saying this run published them."""
     storage.replace_partition(f"sr/ds={DS}", {f"{i['image_id']}.png": png_bytes(32, 24, n)
                                                for n, i in enumerate(manifest["images"])})
+    storage.write_json(layout.report_key(DS, "stages/evaluate.json"),
+                       {"stage": "evaluate", "ds": DS, "seconds": 0.1, "published": True})
 
 
 def test_author_names_and_server_text_are_escaped_end_to_end(
@@ -282,6 +286,7 @@ def test_author_names_and_server_text_are_escaped_end_to_end(
                                    body=b"<script>alert(3)</script>")
         settings = settings_for(source.url, num_images=len(source.photos), storage_uri=str(store.root))
         manifest = bounded(lambda: fetch_partition(settings, DS, store))
+    store.write_json(layout.owner_key(DS), {"ds": DS, "run_id": RUN_ID})  # as the fetch task records it
     authors = {i["image_id"]: i["author"] for i in manifest["images"]}
     assert {k: authors[k] for k in EVIL_AUTHORS} == EVIL_AUTHORS  # stored as given, escaped on output
     _pretend_compute(store, manifest)
