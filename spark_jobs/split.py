@@ -52,6 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             imgs = raw.mapInArrow(to_images, spark_schema(IMAGE_SCHEMA)).cache()
             imgs.write.mode("overwrite").parquet(layout.staging_path(args.staging_uri, "images", args.ds))
+
             def to_tiles(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
                 return cut_tiles(batches, max_pixels=opts["max_pixels"])
 
