@@ -113,7 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ds, scale, mode = args.ds, args.scale, args.mode
     storage = open_storage(args.storage_uri)
     metrics_key = layout.report_key(ds, "metrics.json")
-    spark = session(f"superres-evaluate-{ds}", args.spark_remote, IMAGE_ROWS_PER_BATCH)
+    spark = session(f"superres-evaluate-{ds}", args.spark_remote, IMAGE_ROWS_PER_BATCH,
+                    session_id=args.spark_session_id)
     try:
         with stage_summary(storage, ds, "evaluate", {"mode": mode, "scale": scale}) as summary:
             summary.update(spark=where(spark))

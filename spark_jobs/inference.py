@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Refuse a wrong file here, before any Spark work; the driver never imports torch.
     meta = asdict(check_weights(weights, scale=args.scale))
     storage = open_storage(args.storage_uri)
-    spark = session(f"superres-inference-{args.ds}", args.spark_remote)
+    spark = session(f"superres-inference-{args.ds}", args.spark_remote, session_id=args.spark_session_id)
     try:
         with stage_summary(storage, args.ds, "inference", {"scale": args.scale, "weights": weights.name,
                                                             "device": args.device,

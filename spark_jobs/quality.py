@@ -103,8 +103,8 @@ def audit(storage: Storage, args: argparse.Namespace) -> tuple[dict[str, Any], d
 
     The gates run here, on frames of a row per image or tile, not in a Spark worker:
     a worker would import Great Expectations afresh for every run anyway (a Spark
-    Connect server starts new Python workers for each client session,
-    ``services.ensure_spark_connect``) and add its own start.  Measured in session 8
+    Connect server starts new Python workers for each client session, and every run
+    has its own, ``services.ensure_spark_connect``) and add its own start.  Measured in session 8
     at 64 photos: the job took 15.5 s with the gates in a worker, 11.7 s like this.
     (Importing it on a thread during the reads saved another 0.6 s; not done, because
     Great Expectations imports ``pyspark.sql`` too, and two threads importing pyspark's
@@ -113,7 +113,8 @@ def audit(storage: Storage, args: argparse.Namespace) -> tuple[dict[str, Any], d
     Returns the quality report and where the Spark reads ran (for the stage summary).
     """
     manifest = storage.read_json(layout.manifest_key(args.ds))
-    spark = session(f"superres-quality-{args.ds}", args.spark_remote, IMAGE_ROWS_PER_BATCH)
+    spark = session(f"superres-quality-{args.ds}", args.spark_remote, IMAGE_ROWS_PER_BATCH,
+                    session_id=args.spark_session_id)
     try:
         ran_on = where(spark)
         frames, missing = read_frames(spark, args.staging_uri, args.ds)

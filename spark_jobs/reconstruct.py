@@ -26,7 +26,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse(job_parser(__doc__), argv)
     storage = open_storage(args.storage_uri)
     scale, max_pixels = args.scale, args.max_pixels
-    spark = session(f"superres-reconstruct-{args.ds}", args.spark_remote, IMAGE_ROWS_PER_BATCH)
+    spark = session(f"superres-reconstruct-{args.ds}", args.spark_remote, IMAGE_ROWS_PER_BATCH,
+                    session_id=args.spark_session_id)
     try:
         with stage_summary(storage, args.ds, "reconstruct", {"scale": scale}) as summary:
             summary.update(spark=where(spark))

@@ -35,7 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     storage = open_storage(args.storage_uri)
     manifest = storage.read_json(layout.manifest_key(args.ds))
     halo = ModelSpec(scale=args.scale).halo
-    spark = session(f"superres-split-{args.ds}", args.spark_remote, IMAGE_ROWS_PER_BATCH)
+    spark = session(f"superres-split-{args.ds}", args.spark_remote, IMAGE_ROWS_PER_BATCH,
+                    session_id=args.spark_session_id)
     try:
         with stage_summary(storage, args.ds, "split", {"mode": args.mode, "scale": args.scale,
                                                         "tile_size": args.tile_size}) as summary:
@@ -51,15 +52,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return split_images(batches, **opts)
 
             imgs = raw.mapInArrow(to_images, spark_schema(IMAGE_SCHEMA)).cache()
-            imgs.write.mode("overwrite").parquet(layout.staging_path(args.staging_uri, "images", args.ds))
+            try:
+                imgs.write.mode("overwrite").parquet(layout.staging_path(args.staging_uri, "images", args.ds))
 
-            def to_tiles(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-                return cut_tiles(batches, max_pixels=opts["max_pixels"])
+                def to_tiles(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+                    return cut_tiles(batches, max_pixels=opts["max_pixels"])
 
-            tiles = imgs.filter("status = 'ok'").mapInArrow(to_tiles, spark_schema(TILE_SCHEMA))
-            tiles.write.mode("overwrite").parquet(layout.staging_path(args.staging_uri, "tiles", args.ds))
-            # One small collect (no pixels) for the whole summary: every Spark action is a round trip.
-            meta = imgs.select("image_id", "status", "reason", "message", "tiles").collect()
+                tiles = imgs.filter("status = 'ok'").mapInArrow(to_tiles, spark_schema(TILE_SCHEMA))
+                tiles.write.mode("overwrite").parquet(layout.staging_path(args.staging_uri, "tiles", args.ds))
+                # One small collect (no pixels) for the whole summary: every Spark action is a round trip.
+                meta = imgs.select("image_id", "status", "reason", "message", "tiles").collect()
+            finally:
+                # A Connect session can outlive the job (the run's next task joins it).
+                imgs.unpersist()
             ok = [r for r in meta if r["status"] == "ok"]
             quarantine = [{k: r[k] for k in ("image_id", "reason", "message")}
                           for r in meta if r["status"] != "ok"]

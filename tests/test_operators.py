@@ -52,3 +52,31 @@ def test_standalone_cluster_mode_is_given_no_environment(monkeypatch: pytest.Mon
     assert "--deploy-mode cluster" in cmd and not env
     assert env_for_cluster("spark://h:7077", "cluster", dict(ENV)) == (None, sorted(ENV))
     assert env_for_cluster("local[*]", None, None) == (None, [])
+
+
+def test_the_spark_tasks_of_a_run_join_one_connect_session(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a Spark Connect server a run's jobs share a session (and so its warm Python workers)."""
+    import uuid
+    from datetime import UTC, datetime
+
+    from superres.orchestration.operators import job_arguments
+    from superres.orchestration.run import describe_run, settings_of
+    from superres.pipeline.spark import job_parser
+
+    when = datetime(2026, 1, 2, tzinfo=UTC)
+    monkeypatch.setenv("SUPERRES_SPARK_REMOTE", "")
+    classic = describe_run({}, "manual__a", None, when)
+    assert "--spark-session-id" not in job_arguments(classic, settings_of(classic))
+
+    monkeypatch.setenv("SUPERRES_SPARK_REMOTE", "sc://127.0.0.1:15002")
+    run = describe_run({}, "manual__a", None, when)
+    args = job_parser("test").parse_args(job_arguments(run, settings_of(run)))
+    assert args.spark_remote == "sc://127.0.0.1:15002" and args.ds == "2026-01-02"
+    uuid.UUID(args.spark_session_id)
+    # every task of the run (each rebuilds its arguments from the run's XCom) names the same session ...
+    again = job_parser("test").parse_args(job_arguments(run, settings_of(run)))
+    assert again.spark_session_id == args.spark_session_id
+    # ... and another run, or a fresh resolve of the same run_id, gets a session of its own
+    others = [describe_run({}, "manual__b", None, when), describe_run({}, "manual__a", None, when)]
+    ids = {job_parser("test").parse_args(job_arguments(r, settings_of(r))).spark_session_id for r in others}
+    assert len(ids) == 2 and args.spark_session_id not in ids

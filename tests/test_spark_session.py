@@ -168,3 +168,17 @@ def test_only_a_local_connect_server_limits_its_jit_to_c1() -> None:
     cluster = _confs(spark_connect_cmd("sc://127.0.0.1:15002", "spark://m:7077"))["spark.driver.extraJavaOptions"]
     assert local.split() == SERVER_JVM_OPTIONS.split() + ["-XX:TieredStopAtLevel=1"]
     assert cluster.split() == SERVER_JVM_OPTIONS.split()
+
+
+def test_connect_url_names_the_session_to_join() -> None:
+    from superres.pipeline.spark import connect_url
+
+    sid = "4cd605e7-afa2-5360-b5b9-c5e9fb5c76f4"
+    assert connect_url("sc://127.0.0.1:15002", "") == "sc://127.0.0.1:15002"
+    assert connect_url("sc://127.0.0.1:15002", sid) == f"sc://127.0.0.1:15002/;session_id={sid}"
+    assert connect_url("sc://h:15002/", sid) == f"sc://h:15002/;session_id={sid}"
+    assert connect_url("sc://h:443/;use_ssl=true", sid) == f"sc://h:443/;use_ssl=true;session_id={sid}"
+    # a session the operator configured in the URL itself wins
+    assert connect_url(f"sc://h:1/;session_id={sid}", "a" * 8) == f"sc://h:1/;session_id={sid}"
+    with pytest.raises(ValueError):
+        connect_url("sc://h:1", "run-42")

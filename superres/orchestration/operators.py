@@ -25,8 +25,9 @@ from typing import Any
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 
+from superres.config import Settings
 from superres.orchestration.class_sharing import class_sharing
-from superres.orchestration.run import settings_of
+from superres.orchestration.run import settings_of, spark_session_id
 from superres.orchestration.services import spark_env, spark_submit_binary
 from superres.pipeline.spark import LOCAL_JVM_OPTIONS
 
@@ -87,6 +88,20 @@ def env_for_cluster(master: str, deploy_mode: str | None,
     return env, []
 
 
+def job_arguments(run: dict[str, Any], s: Settings) -> list[str]:
+    """The job's command-line arguments (``superres.pipeline.spark.job_parser``) for this run."""
+    args = [
+        "--ds", run["ds"], "--storage-uri", s.storage_uri, "--staging-uri", s.staging_uri,
+        "--scale", str(s.scale), "--mode", s.mode, "--tile-size", str(s.tile_size),
+        "--max-pixels", str(s.max_pixels), "--models-dir", s.models_dir, "--device", s.device,
+        "--batch-size", str(s.batch_size), "--backend", s.backend,
+    ]
+    if s.spark_remote:
+        # The run's Spark tasks share one session on the server, so its Python workers stay warm.
+        args += ["--spark-remote", s.spark_remote, "--spark-session-id", spark_session_id(run)]
+    return args
+
+
 class SparkJobOperator(SparkSubmitOperator):
     """Runs ``spark_jobs/<job>.py`` for the run's date through ``spark_default``."""
 
@@ -101,17 +116,11 @@ class SparkJobOperator(SparkSubmitOperator):
     def execute(self, context: Any) -> None:
         run = context["ti"].xcom_pull(task_ids=self.run_task_id)
         s = settings_of(run)
-        self.application_args = [
-            "--ds", run["ds"], "--storage-uri", s.storage_uri, "--staging-uri", s.staging_uri,
-            "--scale", str(s.scale), "--mode", s.mode, "--tile-size", str(s.tile_size),
-            "--max-pixels", str(s.max_pixels), "--models-dir", s.models_dir, "--device", s.device,
-            "--batch-size", str(s.batch_size), "--backend", s.backend,
-        ]
+        self.application_args = job_arguments(run, s)
         conf = dict(self.conf or {})
         if s.spark_remote:
             # The job is a client of a long-lived Spark Connect server: spark-submit's JVM only
             # launches the Python driver and then idles, so give it a small, quick-starting heap.
-            self.application_args += ["--spark-remote", s.spark_remote]
             conf = {**CLIENT_JVM_CONF, **conf}
         env = {**spark_env(), **(self.env_vars or {})}
         sharing = None

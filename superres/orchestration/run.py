@@ -49,6 +49,15 @@ def lease_owner(run: dict[str, Any]) -> str:
     return f"{run['run_id']}#{run.get('token', '')}"
 
 
+def spark_session_id(run: dict[str, Any]) -> str:
+    """The Spark Connect session the run's Spark tasks share (``superres.pipeline.spark``).
+
+    Made from the lease owner, so it is the same for every task of the run and
+    differs between runs, and between two Airflows that reuse a run_id.
+    """
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"superres-pipeline:{lease_owner(run)}"))
+
+
 def settings_of(run: dict[str, Any]) -> Settings:
     """Rebuild Settings from a run description; secrets come back from the environment."""
     public = {k: v for k, v in run["settings"].items() if not is_masked(v) and k != "callback_secret"}

@@ -205,12 +205,13 @@ def ensure_spark_connect(url: str, env: dict[str, str], master: str = "local[*]"
                          timeout_s: float = 180.0) -> str:
     """Start the local Spark Connect server, or reuse ours if it runs the current code.
 
-    The server saves every Spark task the start of a Spark application.  Its Python
-    workers are not shared between tasks: Spark 4.1 starts a Python daemon, and so
-    fresh workers, for each client session (measured in session 7: three sessions,
-    three daemons), and within a session replaces a worker idle for a minute.  A
-    server started from other sources is still restarted, so no process of it can
-    serve code from before an edit.
+    The server saves every Spark task the start of a Spark application.  Spark 4.1
+    starts a Python daemon, and so fresh workers, for each client session (measured
+    in session 7: three sessions, three daemons), and within a session replaces a
+    worker idle for a minute; the Spark tasks of one run share a session
+    (``superres.pipeline.spark._remote_session``), so its workers serve the whole run
+    and no longer.  A server started from other sources is still restarted, so no
+    process of it can serve code from before an edit.
     """
     name = "spark-connect"
     stamp = run_dir() / f"{name}.code"

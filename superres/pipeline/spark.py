@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import time
+import uuid
 from collections.abc import Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -136,7 +137,7 @@ def prefer_installed_pyspark() -> list[str]:
     return dropped
 
 
-def session(app: str, remote: str = "", rows_per_batch: int | None = None):
+def session(app: str, remote: str = "", rows_per_batch: int | None = None, session_id: str = ""):
     """A SparkSession with Arrow on, quiet console progress and the defaults above.
 
     ``rows_per_batch`` overrides both batch sizes of :data:`BATCH_ROW_KEYS` for this
@@ -147,9 +148,10 @@ def session(app: str, remote: str = "", rows_per_batch: int | None = None):
     created here and spark-submit's JVM stays idle.  A SIGTERM (Airflow killing the
     task) then interrupts the session's running operations on the server before the
     client exits, so a killed task never leaves a job writing on the server.
+    ``session_id`` joins that server-side session (see :func:`_remote_session`).
     """
     prefer_installed_pyspark()
-    spark = _remote_session(app, remote) if remote else _classic_session(app)
+    spark = _remote_session(app, remote, session_id) if remote else _classic_session(app)
     if rows_per_batch:
         for key in BATCH_ROW_KEYS:
             spark.conf.set(key, str(rows_per_batch))
@@ -177,18 +179,61 @@ def _classic_session(app: str):
     return spark
 
 
-def _remote_session(app: str, remote: str):
+# What a Spark Connect server answers for a session id it has released or timed out.
+SESSION_CLOSED = "INVALID_HANDLE.SESSION_CLOSED"
+
+
+def connect_url(remote: str, session_id: str = "") -> str:
+    """``remote`` with Spark Connect's ``session_id`` parameter, unless it already names one."""
+    if not session_id or "session_id=" in remote:
+        return remote
+    uuid.UUID(session_id)  # the server only takes a UUID; fail here, with the value, if it is not
+    base = remote if "/;" in remote else remote.rstrip("/") + "/"
+    return f"{base};session_id={session_id}"
+
+
+def _connect(app: str, url: str, fresh: bool = False):
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.remote(url).appName(app)
+    spark = builder.create() if fresh else builder.getOrCreate()
+    for key in RUNTIME_KEYS:  # every time: a joined session keeps what the last job set
+        spark.conf.set(key, SESSION_DEFAULTS[key])
+    return spark
+
+
+def _remote_session(app: str, remote: str, session_id: str = ""):
+    """A Spark Connect client session; with ``session_id``, the DAG run's shared one.
+
+    A Spark Connect server starts a Python daemon, and so fresh Python workers with
+    their imports, for every session (benchmarks/README, session 7): about 2 s per
+    job here.  The Spark tasks of one DAG run therefore join one session (the
+    operator passes an id made from the run), so each job after the first finds
+    the workers the last one left warm.  Such a session is not released when the
+    job ends (the run's next task joins it); the server drops it after its idle
+    timeout.  If it already has, the server refuses the id and the job starts a
+    session of its own.  The jobs of a run run one after another, and each sets
+    every session-level setting it depends on, so one job's settings never leak
+    into the next.
+    """
     import os
     import signal
-
-    from pyspark.sql import SparkSession
 
     # spark-submit exports MASTER (spark_default's master) to the Python driver; a client
     # refuses to start with both a master and a remote, and the master is the server's.
     os.environ.pop("MASTER", None)
-    spark = SparkSession.builder.remote(remote).appName(app).getOrCreate()
-    for key in RUNTIME_KEYS:
-        spark.conf.set(key, SESSION_DEFAULTS[key])
+    try:
+        spark = _connect(app, connect_url(remote, session_id))
+    except Exception as exc:
+        if not session_id or SESSION_CLOSED not in str(exc):
+            raise
+        log.warning("the run's Spark Connect session %s is closed on the server (idle past its "
+                    "timeout); this job starts a session of its own", session_id)
+        spark = _connect(app, remote, fresh=True)
+    else:
+        if session_id:
+            # stop() then closes the connection without releasing the run's session.
+            spark.release_session_on_close = False
     spark.addTag(app)
     previous = signal.getsignal(signal.SIGTERM)
 
@@ -201,7 +246,7 @@ def _remote_session(app: str, remote: str):
             os.kill(os.getpid(), signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, interrupt)
-    log.info("running on the Spark Connect server at %s", remote)
+    log.info("running on the Spark Connect server at %s (session %s)", remote, spark.session_id)
     return spark
 
 
@@ -213,7 +258,7 @@ def is_remote(spark) -> bool:
 def where(spark) -> dict[str, str]:
     """Where a job ran, for its stage summary: its own application, or a Spark Connect server."""
     if is_remote(spark):
-        return {"via": "spark-connect", "master": spark.conf.get("spark.master")}
+        return {"via": "spark-connect", "master": spark.conf.get("spark.master"), "session": spark.session_id}
     return {"via": "spark-submit", "master": spark.sparkContext.master}
 
 
@@ -261,6 +306,8 @@ def job_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--partitions", type=int, default=0, help="0: Spark's default parallelism")
     p.add_argument("--spark-remote", default=s.spark_remote,
                    help="sc://host:port of a Spark Connect server; empty: start a Spark application")
+    p.add_argument("--spark-session-id", default="",
+                   help="UUID of the Connect session to join (a DAG run's tasks share one); empty: a new one")
     return p
 
 

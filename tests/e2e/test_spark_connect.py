@@ -58,7 +58,61 @@ def test_connect_run_is_byte_identical_to_spark_submit_run(
     differ = sorted(k for k in classic if classic[k] != connect[k])
     assert differ == [], f"the Spark Connect run differs from the spark-submit run in {differ}"
     where = {job: s["spark"] for job, s in stage_summaries(storage, DS).items()}
+    sessions = {w.pop("session") for w in where.values()}
     assert where == {job: {"via": "spark-connect", "master": "local[2]"} for job in JOBS}
+    assert len(sessions) == 1, f"the run's Spark tasks did not share one Connect session: {sessions}"
+
+
+JOINER = textwrap.dedent("""
+    import json, os, sys
+    import pyarrow as pa
+    from superres.pipeline.spark import session
+
+    url, sid, rows, then = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    spark = session("superres-test-joiner", url, rows or None, session_id=sid)
+
+    def pids(batches):
+        for b in batches:
+            yield pa.RecordBatch.from_pylist([{"pid": os.getpid()}])
+
+    found = sorted({r.pid for r in spark.range(0, 4, 1, 2).mapInArrow(pids, "pid long").collect()})
+    rows_now = spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch")
+    print("JOINED " + json.dumps({"session": spark.session_id, "pids": found, "rows": rows_now}))
+    if then == "release":
+        spark.client.release_session()
+    spark.stop()
+""")
+
+
+def test_jobs_given_one_session_id_share_the_servers_warm_python_workers(
+        spark_connect: dict[str, Any]) -> None:
+    """What the run's Spark tasks do (operators.job_arguments): join one session, keep it, and
+    start their own once the server has closed it."""
+    import uuid
+
+    env = {**spark_connect["env"]}
+    env.pop("MASTER", None)
+    sid = str(uuid.uuid4())
+
+    def job(rows: int, then: str = "keep") -> tuple[dict[str, Any], str]:
+        done = subprocess.run([sys.executable, "-c", JOINER, spark_connect["url"], sid, str(rows), then],
+                              env=env, capture_output=True, text=True, timeout=180)
+        out = done.stdout + done.stderr
+        assert done.returncode == 0, out
+        line = next(x for x in done.stdout.splitlines() if x.startswith("JOINED "))
+        return json.loads(line[len("JOINED "):]), out
+
+    first, _ = job(4)
+    assert first["session"] == sid and first["rows"] == "4"
+    second, _ = job(0)
+    # the session outlived the first job; its Python workers served the second without a new start,
+    # and the first job's batch setting did not leak into a job that asked for the default
+    assert second["session"] == sid and set(second["pids"]) <= set(first["pids"])
+    assert second["rows"] == "32"
+    job(0, then="release")  # as the server does when a session idles past its timeout
+    fourth, out = job(0)
+    assert fourth["session"] != sid and "is closed on the server" in out
+    assert not set(fourth["pids"]) & set(first["pids"] + second["pids"])
 
 
 CLIENT = textwrap.dedent("""
