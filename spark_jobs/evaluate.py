@@ -58,6 +58,7 @@ from superres.pipeline.spark import (
     stage_summary,
     where,
 )
+from superres.pipeline.worker_memory import trimming
 from superres.storage import Storage, open_storage
 
 log = logging.getLogger("superres.evaluate")
@@ -137,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_pixels = args.max_pixels
 
             def evaluate(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-                return evaluate_batches(batches, mode=mode, scale=scale, max_pixels=max_pixels)
+                return trimming(evaluate_batches(batches, mode=mode, scale=scale, max_pixels=max_pixels))
 
             result = joined.repartition(max(1, min(parts, len(ids)))) \
                 .mapInArrow(evaluate, spark_schema(EVAL_SCHEMA))

@@ -26,6 +26,7 @@ from superres.pipeline.spark import (
     where,
 )
 from superres.pipeline.split import IMAGE_SCHEMA, TILE_SCHEMA, cut_tiles, split_images
+from superres.pipeline.worker_memory import trimming
 from superres.storage import open_storage
 from superres.weights import ModelSpec
 
@@ -49,14 +50,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         max_pixels=args.max_pixels)
 
             def to_images(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-                return split_images(batches, **opts)
+                return trimming(split_images(batches, **opts))
 
             imgs = raw.mapInArrow(to_images, spark_schema(IMAGE_SCHEMA)).cache()
             try:
                 imgs.write.mode("overwrite").parquet(layout.staging_path(args.staging_uri, "images", args.ds))
 
                 def to_tiles(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-                    return cut_tiles(batches, max_pixels=opts["max_pixels"])
+                    return trimming(cut_tiles(batches, max_pixels=opts["max_pixels"]))
 
                 tiles = imgs.filter("status = 'ok'").mapInArrow(to_tiles, spark_schema(TILE_SCHEMA))
                 tiles.write.mode("overwrite").parquet(layout.staging_path(args.staging_uri, "tiles", args.ds))

@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from superres import tiling
 from superres.engine import Upscaler, configure_threads
+from superres.pipeline.worker_memory import trimming
 from superres.weights import ModelMeta
 
 SR_TILE_SCHEMA = pa.schema([
@@ -95,7 +96,7 @@ def run_stage(spark, tiles_path: str, out_path: str, state: bytes, meta: dict[st
 
     def infer(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         up = worker_upscaler(state, meta, device, batch_size, threads, backend)
-        return infer_arrow(batches, up)
+        return trimming(infer_arrow(batches, up))
 
     parts = partitions or parallelism(spark)
     tiles = spark.read.parquet(tiles_path)
