@@ -91,11 +91,17 @@ class Settings:
     spark_conn_id: str = "spark_default"
     # Spark Connect.  Empty: each Spark task starts its own application on spark_default's
     # master (a JVM, a SparkContext and fresh Python workers per task).  "sc://host:port": the
-    # jobs are clients of a long-lived Spark Connect server, so one JVM and warm Python workers
-    # (torch imported, model built) serve every task of every run.  `make run` / `make up`
+    # jobs are clients of a long-lived Spark Connect server, so one JVM serves every task of
+    # every run, and the tasks of a run share one session, whose Python workers (torch
+    # imported, model built) stay warm from task to task.  `make run` / `make up`
     # start a local server at spark_connect_local_url and use it unless this is set.
     spark_remote: str = ""
     spark_connect_local_url: str = "sc://127.0.0.1:15002"
+    # A Spark Python worker daemon with no worker alive for this long ends itself, and Spark
+    # starts another when it needs one (superres.pipeline.worker_daemon): Spark 4.1 never
+    # stops the daemon of a Connect session, so a long-lived server would keep one per run.
+    # Past the JVM's own minute for idle workers.  0: never.
+    worker_daemon_idle_s: float = 300.0
     notifier_conn_id: str = "notifier_default"
     # Base URL of the notifier, for re-delivery outside Airflow and for `make run`'s
     # notifier_default connection; in Airflow the connection is what the callback uses.
@@ -124,6 +130,8 @@ class Settings:
             raise ValueError(f"lease_ttl_s ({self.lease_ttl_s}) must exceed task_timeout_s "
                              f"({self.task_timeout_s}): each task renews its date's lease when it starts, "
                              "so a shorter lease could expire under a running task")
+        if self.worker_daemon_idle_s < 0:
+            raise ValueError(f"worker_daemon_idle_s must be >= 0 (0: never), got {self.worker_daemon_idle_s}")
         if not 0.0 <= self.min_success_ratio <= 1.0:
             raise ValueError("min_success_ratio must be within [0, 1]")
         if not isinstance(self.callback_secret, Secret):

@@ -215,7 +215,8 @@ def spark_connect(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
     url = f"sc://127.0.0.1:{_free_port()}"
     saved = os.environ.get("SUPERRES_RUN_DIR")
     os.environ["SUPERRES_RUN_DIR"] = str(run_dir)
-    env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost"}
+    # Worker daemons end after 2 s without a worker (default 5 min), so that a test can see it.
+    env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost", "SUPERRES_WORKER_DAEMON_IDLE_S": "2"}
     try:
         status = services.ensure_spark_connect(url, env, master="local[2]")
         yield {"url": url, "status": status, "env": env, "run_dir": run_dir}

@@ -73,26 +73,22 @@ JOINER = textwrap.dedent("""
 
     def pids(batches):
         for b in batches:
-            yield pa.RecordBatch.from_pylist([{"pid": os.getpid()}])
+            yield pa.RecordBatch.from_pylist([{"pid": os.getpid(), "daemon": os.getppid()}])
 
-    found = sorted({r.pid for r in spark.range(0, 4, 1, 2).mapInArrow(pids, "pid long").collect()})
+    got = spark.range(0, 4, 1, 2).mapInArrow(pids, "pid long, daemon long").collect()
     rows_now = spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch")
-    print("JOINED " + json.dumps({"session": spark.session_id, "pids": found, "rows": rows_now}))
+    print("JOINED " + json.dumps({"session": spark.session_id, "pids": sorted({r.pid for r in got}),
+                                  "daemons": sorted({r.daemon for r in got}), "rows": rows_now}))
     if then == "release":
         spark.client.release_session()
     spark.stop()
 """)
 
 
-def test_jobs_given_one_session_id_share_the_servers_warm_python_workers(
-        spark_connect: dict[str, Any]) -> None:
-    """What the run's Spark tasks do (operators.job_arguments): join one session, keep it, and
-    start their own once the server has closed it."""
-    import uuid
-
+def _joiner(spark_connect: dict[str, Any], sid: str):
+    """A job (a client process) on session ``sid``: what it saw, and its output."""
     env = {**spark_connect["env"]}
     env.pop("MASTER", None)
-    sid = str(uuid.uuid4())
 
     def job(rows: int, then: str = "keep") -> tuple[dict[str, Any], str]:
         done = subprocess.run([sys.executable, "-c", JOINER, spark_connect["url"], sid, str(rows), then],
@@ -101,6 +97,18 @@ def test_jobs_given_one_session_id_share_the_servers_warm_python_workers(
         assert done.returncode == 0, out
         line = next(x for x in done.stdout.splitlines() if x.startswith("JOINED "))
         return json.loads(line[len("JOINED "):]), out
+
+    return job
+
+
+def test_jobs_given_one_session_id_share_the_servers_warm_python_workers(
+        spark_connect: dict[str, Any]) -> None:
+    """What the run's Spark tasks do (operators.job_arguments): join one session, keep it, and
+    start their own once the server has closed it."""
+    import uuid
+
+    sid = str(uuid.uuid4())
+    job = _joiner(spark_connect, sid)
 
     first, _ = job(4)
     assert first["session"] == sid and first["rows"] == "4"
@@ -181,3 +189,27 @@ def test_server_is_reused_for_the_same_code_and_restarted_for_new_code(spark_con
     second = int(services.pid_file("spark-connect").read_text())
     assert second != first and services.alive(second) and not services.alive(first)
     assert (spark_connect["run_dir"] / "spark-connect.code").read_text() == services.code_fingerprint()
+
+
+def test_a_session_whose_worker_daemon_ended_idle_gets_a_new_one(spark_connect: dict[str, Any]) -> None:
+    """superres.pipeline.worker_daemon ends itself with no worker left (after 2 s here: the
+    fixture's SUPERRES_WORKER_DAEMON_IDLE_S) once the JVM has closed its idle workers (after a
+    minute); the session's next job then runs on a daemon the JVM starts again."""
+    import uuid
+
+    from superres.orchestration import services
+
+    sid = str(uuid.uuid4())
+    job = _joiner(spark_connect, sid)
+    first, _ = job(0)
+    [daemon] = first["daemons"]
+    deadline = time.time() + 150
+    while services.alive(daemon) and time.time() < deadline:
+        time.sleep(1)
+    assert not services.alive(daemon), "the idle worker daemon did not end"
+
+    second, _ = job(0)
+    assert second["session"] == sid
+    assert second["daemons"] != [daemon] and not set(second["pids"]) & set(first["pids"])
+    log = "\n".join(p.read_text(errors="replace") for p in spark_connect["run_dir"].rglob("*.log"))
+    assert "no Python workers for 2 s" in log
