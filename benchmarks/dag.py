@@ -75,8 +75,17 @@ def classify(proc) -> str:
     return "airflow"
 
 
-class RssSampler(threading.Thread):
-    """Peak of the summed RSS by role over the life of a process tree."""
+class ProcessSampler(threading.Thread):
+    """Peak RSS and CPU-seconds, by role and by Spark job, over the life of a process tree.
+
+    CPU is what profiles the marginal cost: each sample adds every process's CPU
+    time since the last sample (user + system, children excluded so nothing counts
+    twice) to the role it plays and the Spark job whose driver is running at that
+    moment (``other`` between jobs: Airflow, fetch, notify).  The machine's own
+    busy, idle and steal time (``/proc/stat``) is kept per job too, so a stage's
+    wall time splits into work by role, idle cores, and time the hypervisor took.
+    A process that ends between two samples loses at most one interval of CPU.
+    """
 
     def __init__(self, pid: int, interval: float = 0.25, also: tuple[int, ...] = ()) -> None:
         super().__init__(daemon=True)
@@ -89,30 +98,72 @@ class RssSampler(threading.Thread):
         self.peak = dict.fromkeys(ROLES, 0)
         self.peak_spark = 0  # JVM + Python driver + workers at the same instant
         self.peak_by_job: dict[str, dict[str, int]] = {}
+        self.cpu_by_job: dict[str, dict[str, float]] = {}  # job -> role -> CPU-s
+        self.machine_by_job: dict[str, dict[str, float]] = {}  # job -> busy/idle/steal/wall s
+        self._cpu_seen: dict[tuple[int, float], float] = {}  # (pid, start time) -> CPU-s so far
         self.samples = 0
         self._halt = threading.Event()
+
+    def _machine(self) -> dict[str, float]:
+        import psutil
+
+        t = psutil.cpu_times()
+        idle = t.idle + getattr(t, "iowait", 0.0)
+        steal = getattr(t, "steal", 0.0)
+        return {"busy": sum(t) - idle - steal - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0),
+                "idle": idle, "steal": steal, "wall": time.monotonic()}
+
+    def _add(self, table: dict[str, dict[str, float]], job: str, key: str, value: float) -> None:
+        row = table.setdefault(job, {})
+        row[key] = row.get(key, 0.0) + value
+
+    def _procs(self) -> list[Any]:
+        import psutil
+
+        procs = [self.root, *self.root.children(recursive=True)]
+        for extra in self.also:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                procs += [extra, *extra.children(recursive=True)]
+        return procs
 
     def run(self) -> None:
         import psutil
 
+        # What a long-lived server used before this run is not this run's.
+        with contextlib.suppress(psutil.NoSuchProcess):
+            for p in self._procs():
+                with contextlib.suppress(psutil.Error):
+                    times = p.cpu_times()
+                    self._cpu_seen[(p.pid, p.create_time())] = times.user + times.system
+        last = self._machine()
         while not self._halt.is_set():
             sums = dict.fromkeys(ROLES, 0)
+            cpu = dict.fromkeys(ROLES, 0.0)
             job = None
             try:
-                procs = [self.root, *self.root.children(recursive=True)]
+                procs = self._procs()
             except psutil.NoSuchProcess:
                 break
-            for extra in self.also:
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    procs += [extra, *extra.children(recursive=True)]
             for p in procs:
                 role = classify(p)
                 if not role:
                     continue
                 with contextlib.suppress(psutil.Error):
                     sums[role] += p.memory_info().rss
+                    times = p.cpu_times()
+                    key = (p.pid, p.create_time())
+                    used = times.user + times.system
+                    cpu[role] += used - self._cpu_seen.get(key, 0.0)
+                    self._cpu_seen[key] = used
                     if role == "python_driver":
                         job = next((Path(a).stem for a in p.cmdline() if "spark_jobs/" in a), job)
+            now = self._machine()
+            window = job or "other"
+            for role, v in cpu.items():
+                self._add(self.cpu_by_job, window, role, v)
+            for k in now:
+                self._add(self.machine_by_job, window, k, now[k] - last[k])
+            last = now
             self.samples += 1
             for role, v in sums.items():
                 self.peak[role] = max(self.peak[role], v)
@@ -140,6 +191,13 @@ class RssSampler(threading.Thread):
             "by_job_peak_mb": {j: {k: round(v / mb, 1) for k, v in d.items()}
                                for j, d in self.peak_by_job.items()},
             "samples": self.samples,
+        }
+
+    def cpu_result(self) -> dict[str, Any]:
+        """CPU-seconds by job and role, and the machine's busy/idle/steal seconds by job."""
+        return {
+            "cpu_s": {j: {k: round(v, 2) for k, v in d.items()} for j, d in self.cpu_by_job.items()},
+            "machine_s": {j: {k: round(v, 2) for k, v in d.items()} for j, d in self.machine_by_job.items()},
         }
 
 
@@ -227,7 +285,7 @@ class DagBench:
         t0 = time.perf_counter()
         with log_path.open("w") as log:
             proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-            sampler = RssSampler(proc.pid, interval, also=(self.server_pid,) if self.server_pid else ())
+            sampler = ProcessSampler(proc.pid, interval, also=(self.server_pid,) if self.server_pid else ())
             sampler.start()
             try:
                 rc = proc.wait(timeout=timeout_s)
@@ -248,7 +306,7 @@ class DagBench:
             "megapixels": n * self.size * self.size / 1e6,
             "task_s": durations, "task_states": states,
             "stage_compute_s": report.get("timings", {}), "counts": report.get("counts"),
-            "memory": sampler.result(), "log": str(log_path),
+            "memory": sampler.result(), "cpu": sampler.cpu_result(), "log": str(log_path),
         }
         print(f"  D N={n}: {'ok' if ok else 'FAILED'} in {wall:.0f}s; tasks "
               + ", ".join(f"{k} {durations.get(k, 0):.0f}" for k in STAGES)
@@ -258,7 +316,7 @@ class DagBench:
         return result
 
 
-def fit(runs: list[dict[str, Any]], fast_mp_s: float) -> dict[str, Any]:
+def fit(runs: list[dict[str, Any]], fast_mp_s: float, cores: int = 0) -> dict[str, Any]:
     """Fixed overhead (intercept, s) and marginal cost (slope, s/MP) from the two runs."""
     small, large = sorted(runs, key=lambda r: r["n"])[:: len(runs) - 1]
     d_mp = large["megapixels"] - small["megapixels"]
@@ -285,7 +343,36 @@ def fit(runs: list[dict[str, Any]], fast_mp_s: float) -> dict[str, Any]:
         "pure_inference_s_per_mp": inference_s_per_mp,
         "marginal_cost_ratio": slope / inference_s_per_mp,
         "stages": stages, "stage_compute_in_job": compute,
+        "cpu_profile": cpu_profile(small, large, d_mp, cores, fast_mp_s) if cores else None,
     }
+
+
+def cpu_profile(small: dict[str, Any], large: dict[str, Any], d_mp: float, cores: int,
+                fast_mp_s: float) -> dict[str, Any] | None:
+    """Marginal CPU-seconds per LR megapixel by Spark job and role, beside the model's own.
+
+    ``model_cpu_s_per_mp`` is what A's backend spends on the model alone (it keeps
+    every core busy, so cores / throughput); the rest of the workers' marginal CPU
+    is their other per-image work (decoding, stitching, bicubic, PNG encoding, Arrow).
+    ``idle`` is core-seconds nobody used, ``steal`` what the hypervisor took.
+    """
+    a, b = small.get("cpu"), large.get("cpu")
+    if not a or not b:
+        return None
+
+    def per_mp(table: str) -> dict[str, dict[str, float]]:
+        jobs = sorted(set(a[table]) | set(b[table]))
+        out = {}
+        for job in jobs:
+            keys = set(a[table].get(job, {})) | set(b[table].get(job, {}))
+            out[job] = {k: round((b[table].get(job, {}).get(k, 0.0) - a[table].get(job, {}).get(k, 0.0))
+                                 / d_mp, 3) for k in sorted(keys)}
+        out["total"] = {k: round(sum(row.get(k, 0.0) for row in out.values()), 3)
+                        for k in sorted({k for row in out.values() for k in row})}
+        return out
+
+    return {"cores": cores, "model_cpu_s_per_mp": round(cores / fast_mp_s, 3),
+            "cpu_s_per_mp": per_mp("cpu_s"), "machine_s_per_mp": per_mp("machine_s")}
 
 
 def memory_ratio(runs: list[dict[str, Any]]) -> dict[str, Any]:

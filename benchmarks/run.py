@@ -130,6 +130,7 @@ def table(results: dict[str, Any], head: dict[str, Any], ok: dict[str, Any]) -> 
         lines.append("     s per MP        " + "".join(f"{v['marginal_s_per_mp']:>12.2f}"
                                                      for v in f["stages"].values()))
         lines.append("")
+        lines += cpu_lines(f.get("cpu_profile"))
     if e:
         for run in d["runs"]:
             m = run["memory"]
@@ -137,6 +138,26 @@ def table(results: dict[str, Any], head: dict[str, Any], ok: dict[str, Any]) -> 
                 f"{m['workers_peak_mb']}, together", None, m["spark_peak_mb"], "{:.0f}")
         add("E", "peak RSS N=64 / N=16 (driver + workers)", "rss_ratio_64_vs_16", head["rss_ratio_64_vs_16"])
     return "\n".join(lines)
+
+
+def cpu_lines(prof: dict[str, Any] | None) -> list[str]:
+    """D's marginal core-seconds per LR MP: by Spark job, who used them, and what went unused."""
+    if not prof:
+        return []
+    cpu, mach = prof["cpu_s_per_mp"], prof["machine_s_per_mp"]
+    roles = ("jvm", "python_driver", "python_workers", "airflow")
+    cols = ("busy", "idle", "steal")
+    head = "{:<13}" + "{:>11}" * (len(roles) + len(cols))
+    out = [f"     marginal core-seconds per LR MP ({prof['cores']} cores; the model alone, "
+           f"A's backend: {prof['model_cpu_s_per_mp']:.2f})",
+           "     " + head.format("job", "jvm", "py driver", "py workers", "airflow", *cols)]
+    jobs = [j for j in cpu if j != "total"] + ["total"]
+    for job in jobs:
+        c, m = cpu.get(job, {}), mach.get(job, {})
+        out.append("     " + head.format(job, *(f"{c.get(r, 0.0):.2f}" for r in roles),
+                                         *(f"{m.get(k, 0.0):.2f}" for k in cols)))
+    out.append("")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             runs = [bench.run(n, ds) for n, ds in ((small, "2031-01-01"), (large, "2031-01-02"))]
             results["D"] = {"runs": runs, "migrate_s": bench.migrate_s, "spark": args.dag_spark,
                             "server_start_s": bench.server_start_s, "warmup_run": warmup,
-                            "fit": dag.fit(runs, fast_mp_s)}
+                            "fit": dag.fit(runs, fast_mp_s, results["machine"]["cores"])}
             results["E"] = dag.memory_ratio(runs)
     return finish(args, results, t_start)
 
