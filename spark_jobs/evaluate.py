@@ -31,6 +31,7 @@ import logging
 import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from typing import Any
 
@@ -56,6 +57,7 @@ from superres.pipeline.spark import (
     session,
     spark_schema,
     stage_summary,
+    staging_writer,
     where,
 )
 from superres.pipeline.worker_memory import trimming
@@ -94,9 +96,24 @@ def hr_rows(storage: Storage, manifest: dict[str, Any], ids: Sequence[str]) -> l
 
 
 def chunk_rows(evaluated: DataFrame, n_chunks: int) -> Iterator[Row]:
-    """The evaluated rows, one chunk (a partition directory) per fetch, so the driver holds one at a time."""
-    for chunk in range(n_chunks):
-        yield from evaluated.filter(F.col("chunk") == chunk).collect()
+    """The evaluated rows, one chunk (a partition directory) per fetch.
+
+    The next chunk is fetched on a thread while the caller writes this one's files,
+    so Spark's side of the fetch and the driver's writes overlap; the driver holds
+    at most two chunks, however many images the date has.
+    """
+    def fetch(chunk: int) -> list[Row]:
+        return evaluated.filter(F.col("chunk") == chunk).collect()
+
+    if n_chunks < 1:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="evaluate-fetch") as pool:
+        pending = pool.submit(fetch, 0)
+        for chunk in range(n_chunks):
+            rows = pending.result()
+            if chunk + 1 < n_chunks:
+                pending = pool.submit(fetch, chunk + 1)
+            yield from rows
 
 
 def audited_png(row: Row, expected_sha: dict[str, str], ds: str) -> bytes:
@@ -145,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             chunk_of = publish_chunks(ids)
             chunks = spark.createDataFrame(chunk_of, "image_id string, chunk int")
             evaluated_path = layout.staging_path(args.staging_uri, "evaluated", ds)
-            result.join(F.broadcast(chunks), "image_id").write.mode("overwrite") \
+            staging_writer(result.join(F.broadcast(chunks), "image_id"), "evaluated") \
                 .partitionBy("chunk").parquet(evaluated_path)
             evaluated = spark.read.parquet(evaluated_path)
 

@@ -18,7 +18,15 @@ import pandas as pd
 from superres import tiling
 from superres.pipeline import layout
 from superres.pipeline.reconstruct import OUTPUT_SCHEMA, reconstruct_image
-from superres.pipeline.spark import IMAGE_ROWS_PER_BATCH, job_parser, parse, session, stage_summary, where
+from superres.pipeline.spark import (
+    IMAGE_ROWS_PER_BATCH,
+    job_parser,
+    parse,
+    session,
+    stage_summary,
+    staging_writer,
+    where,
+)
 from superres.storage import open_storage
 
 
@@ -45,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             out = sr.groupBy("image_id").cogroup(imgs.groupBy("image_id")) \
                 .applyInPandas(stitch_group, OUTPUT_SCHEMA)
-            out.write.mode("overwrite").parquet(layout.staging_path(args.staging_uri, "outputs", args.ds))
+            staging_writer(out, "outputs").parquet(layout.staging_path(args.staging_uri, "outputs", args.ds))
             written = spark.read.parquet(layout.staging_path(args.staging_uri, "outputs", args.ds))
             got = {r["image_id"] for r in written.select("image_id").collect()}
             expected = {r["image_id"] for r in imgs.select("image_id").collect()}

@@ -23,6 +23,7 @@ from superres.pipeline.spark import (
     session,
     spark_schema,
     stage_summary,
+    staging_writer,
     where,
 )
 from superres.pipeline.split import IMAGE_SCHEMA, TILE_SCHEMA, cut_tiles, split_images
@@ -36,6 +37,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     storage = open_storage(args.storage_uri)
     manifest = storage.read_json(layout.manifest_key(args.ds))
     halo = ModelSpec(scale=args.scale).halo
+
+    def staging(dataset: str) -> str:
+        return layout.staging_path(args.staging_uri, dataset, args.ds)
+
     spark = session(f"superres-split-{args.ds}", args.spark_remote, IMAGE_ROWS_PER_BATCH,
                     session_id=args.spark_session_id)
     try:
@@ -54,13 +59,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             imgs = raw.mapInArrow(to_images, spark_schema(IMAGE_SCHEMA)).cache()
             try:
-                imgs.write.mode("overwrite").parquet(layout.staging_path(args.staging_uri, "images", args.ds))
+                staging_writer(imgs, "images").parquet(staging("images"))
 
                 def to_tiles(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
                     return trimming(cut_tiles(batches, max_pixels=opts["max_pixels"]))
 
                 tiles = imgs.filter("status = 'ok'").mapInArrow(to_tiles, spark_schema(TILE_SCHEMA))
-                tiles.write.mode("overwrite").parquet(layout.staging_path(args.staging_uri, "tiles", args.ds))
+                staging_writer(tiles, "tiles").parquet(staging("tiles"))
                 # One small collect (no pixels) for the whole summary: every Spark action is a round trip.
                 meta = imgs.select("image_id", "status", "reason", "message", "tiles").collect()
             finally:

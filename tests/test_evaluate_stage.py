@@ -341,6 +341,10 @@ def test_spark_evaluate_job_publishes_only_after_the_gate(tmp_path: Path,
     assert summary["published"] is True and summary["images"] == 2
     evaluated = Path(layout.staging_path(str(staging), "evaluated", good))
     assert sorted(p.name for p in evaluated.glob("chunk=*")) == ["chunk=0", "chunk=1"]
+    # PNG bytes are compressed already: the staged results are written without a codec.
+    codecs = {pq.ParquetFile(f).metadata.row_group(0).column(0).compression
+              for f in evaluated.glob("chunk=*/*.parquet")}
+    assert codecs == {"UNCOMPRESSED"}
     assert summary["mean"] == report["mean"]
 
     # 2. A model worse than bicubic: the job fails, metrics.json explains why, nothing is published.

@@ -182,3 +182,14 @@ def test_connect_url_names_the_session_to_join() -> None:
     assert connect_url(f"sc://h:1/;session_id={sid}", "a" * 8) == f"sc://h:1/;session_id={sid}"
     with pytest.raises(ValueError):
         connect_url("sc://h:1", "run-42")
+
+
+def test_every_staging_dataset_has_a_codec_and_unknown_ones_are_refused() -> None:
+    from superres.pipeline import layout
+    from superres.pipeline.spark import STAGING_CODECS, staging_writer
+
+    assert set(STAGING_CODECS) == set(layout.DATASETS)
+    # Already-compressed bytes (photos, PNGs) and float32 SR output are stored as they are.
+    assert {STAGING_CODECS[d] for d in ("images", "sr_tiles", "outputs", "evaluated")} == {"none"}
+    with pytest.raises(ValueError, match="unknown staging dataset 'tile'"):
+        staging_writer(object(), "tile")

@@ -90,7 +90,7 @@ def run_stage(spark, tiles_path: str, out_path: str, state: bytes, meta: dict[st
     ``spark.task.cpus``, so concurrent tasks never oversubscribe the cores.  The job
     ``spark_jobs/inference.py`` and the benchmarks both run exactly this.
     """
-    from superres.pipeline.spark import num_partitions, parallelism, spark_schema
+    from superres.pipeline.spark import num_partitions, parallelism, spark_schema, staging_writer
 
     threads = threads or int(spark.conf.get("spark.task.cpus", "1"))
 
@@ -104,6 +104,6 @@ def run_stage(spark, tiles_path: str, out_path: str, state: bytes, meta: dict[st
     shuffled = num_partitions(tiles) != parts
     if shuffled:
         tiles = tiles.repartition(parts)
-    tiles.mapInArrow(infer, spark_schema(SR_TILE_SCHEMA)).write.mode("overwrite").parquet(out_path)
+    staging_writer(tiles.mapInArrow(infer, spark_schema(SR_TILE_SCHEMA)), "sr_tiles").parquet(out_path)
     return {"threads": threads, "partitions": parts, "backend": backend, "shuffled": shuffled}
 

@@ -280,6 +280,22 @@ def num_partitions(df) -> int:
     return df.rdd.getNumPartitions()
 
 
+# Parquet codec of each staging dataset.  Photos and PNGs (images, outputs, evaluated) are
+# compressed already and float32 network output (sr_tiles) barely compresses: at N = 64,
+# zstd left outputs at 82 MB and took sr_tiles from 259 to 218 MB, for 40-60 % more JVM
+# CPU per write than none (benchmarks/README.md, session 14).  The input tiles, Y values
+# derived from 8-bit pixels, halve with zstd, so they keep it.
+STAGING_CODECS = {"images": "none", "tiles": "zstd", "sr_tiles": "none", "outputs": "none",
+                  "evaluated": "none", "metrics": "zstd"}
+
+
+def staging_writer(df, dataset: str):
+    """``df.write`` that overwrites (a rerun replaces the date's partition) with the dataset's codec."""
+    if dataset not in STAGING_CODECS:
+        raise ValueError(f"unknown staging dataset {dataset!r}")
+    return df.write.mode("overwrite").option("compression", STAGING_CODECS[dataset])
+
+
 def spark_schema(schema):
     """A pyarrow schema as the Spark StructType that mapInArrow wants."""
     from pyspark.sql.pandas.types import from_arrow_schema
