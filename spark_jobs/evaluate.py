@@ -33,9 +33,9 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
+from functools import partial
 from typing import Any
 
-import pyarrow as pa
 from pyspark.sql import DataFrame, Row
 from pyspark.sql import functions as F
 
@@ -52,15 +52,14 @@ from superres.pipeline.evaluate import (
 from superres.pipeline.spark import (
     IMAGE_ROWS_PER_BATCH,
     job_parser,
+    map_in_arrow,
     parallelism,
     parse,
     session,
-    spark_schema,
     stage_summary,
     staging_writer,
     where,
 )
-from superres.pipeline.worker_memory import trimming
 from superres.storage import Storage, open_storage
 
 log = logging.getLogger("superres.evaluate")
@@ -152,13 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 joined = joined.join(hr, "image_id")
             parts = args.partitions or parallelism(spark)
 
-            max_pixels = args.max_pixels
-
-            def evaluate(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-                return trimming(evaluate_batches(batches, mode=mode, scale=scale, max_pixels=max_pixels))
-
-            result = joined.repartition(max(1, min(parts, len(ids)))) \
-                .mapInArrow(evaluate, spark_schema(EVAL_SCHEMA))
+            body = partial(evaluate_batches, mode=mode, scale=scale, max_pixels=args.max_pixels)
+            result = map_in_arrow(joined.repartition(max(1, min(parts, len(ids)))), body, EVAL_SCHEMA)
             chunk_of = publish_chunks(ids)
             chunks = spark.createDataFrame(chunk_of, "image_id string, chunk int")
             evaluated_path = layout.staging_path(args.staging_uri, "evaluated", ds)

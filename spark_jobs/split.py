@@ -10,24 +10,22 @@ rows, so executors need no storage credentials and no driver-local files.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Sequence
-
-import pyarrow as pa
+from collections.abc import Sequence
+from functools import partial
 
 from superres.pipeline import layout
 from superres.pipeline.spark import (
     IMAGE_ROWS_PER_BATCH,
     job_parser,
+    map_in_arrow,
     parallelism,
     parse,
     session,
-    spark_schema,
     stage_summary,
     staging_writer,
     where,
 )
 from superres.pipeline.split import IMAGE_SCHEMA, TILE_SCHEMA, cut_tiles, split_images
-from superres.pipeline.worker_memory import trimming
 from superres.storage import open_storage
 from superres.weights import ModelSpec
 
@@ -54,17 +52,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             opts = dict(mode=args.mode, scale=args.scale, tile=args.tile_size, halo=halo,
                         max_pixels=args.max_pixels)
 
-            def to_images(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-                return trimming(split_images(batches, **opts))
-
-            imgs = raw.mapInArrow(to_images, spark_schema(IMAGE_SCHEMA)).cache()
+            imgs = map_in_arrow(raw, partial(split_images, **opts), IMAGE_SCHEMA).cache()
             try:
                 staging_writer(imgs, "images").parquet(staging("images"))
-
-                def to_tiles(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-                    return trimming(cut_tiles(batches, max_pixels=opts["max_pixels"]))
-
-                tiles = imgs.filter("status = 'ok'").mapInArrow(to_tiles, spark_schema(TILE_SCHEMA))
+                tiles = map_in_arrow(imgs.filter("status = 'ok'"),
+                                     partial(cut_tiles, max_pixels=args.max_pixels), TILE_SCHEMA)
                 staging_writer(tiles, "tiles").parquet(staging("tiles"))
                 # One small collect (no pixels) for the whole summary: every Spark action is a round trip.
                 meta = imgs.select("image_id", "status", "reason", "message", "tiles").collect()

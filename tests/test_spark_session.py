@@ -64,8 +64,10 @@ def test_server_conf_carries_the_session_defaults_and_local_parallelism() -> Non
     assert {k: conf[k] for k in SESSION_DEFAULTS} == SESSION_DEFAULTS
     assert conf["spark.default.parallelism"] == "3"
     assert conf["spark.sql.shuffle.partitions"] == "6"
+    assert conf["spark.shuffle.compress"] == conf["spark.shuffle.spill.compress"] == "false"
     cluster = server_conf("spark://master:7077")
     assert "spark.default.parallelism" not in cluster and "spark.sql.shuffle.partitions" not in cluster
+    assert "spark.shuffle.compress" not in cluster
 
 
 WORKER_PROBE = """

@@ -58,3 +58,38 @@ def test_trimming_passes_batches_through_and_trims_once_they_end(monkeypatch: py
     with pytest.raises(ValueError, match="bad batch"):
         list(worker_memory.trimming(failing()))
     assert calls == [1, 1, 1]
+
+
+def _doubled(batches, factor: int = 2):
+    import pyarrow as pa
+
+    for b in batches:
+        yield pa.RecordBatch.from_pydict({"n": [v * factor for v in b.column(0).to_pylist()]})
+
+
+def test_every_map_in_arrow_body_trims_the_worker_heap_when_its_partition_ends(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The jobs' single way into mapInArrow wraps each body, so no stage can forget the trim."""
+    from functools import partial
+
+    import pyarrow as pa
+
+    from superres.pipeline.spark import map_in_arrow
+
+    trims: list[int] = []
+    monkeypatch.setattr(worker_memory, "trim_heap", lambda: trims.append(1) or True)
+    handed: dict = {}
+
+    class Frame:  # records what a DataFrame's mapInArrow is given; Spark itself runs in the job tests
+        def mapInArrow(self, fn, schema):  # noqa: N802 - Spark's name
+            handed.update(fn=fn, schema=schema)
+            return "mapped"
+
+    schema = pa.schema([("n", pa.int64())])
+    assert map_in_arrow(Frame(), partial(_doubled, factor=3), schema) == "mapped"
+    assert handed["schema"].fieldNames() == ["n"]
+    batches = handed["fn"](iter([pa.RecordBatch.from_pydict({"n": v}) for v in ([1, 2], [5])]))
+    assert next(batches).column(0).to_pylist() == [3, 6]
+    assert trims == []  # not while the partition is still being read
+    assert [b.column(0).to_pylist() for b in batches] == [[15]]
+    assert trims == [1]

@@ -16,7 +16,6 @@ import pyarrow as pa
 
 from superres import tiling
 from superres.engine import Upscaler, configure_threads
-from superres.pipeline.worker_memory import trimming
 from superres.weights import ModelMeta
 
 SR_TILE_SCHEMA = pa.schema([
@@ -90,13 +89,12 @@ def run_stage(spark, tiles_path: str, out_path: str, state: bytes, meta: dict[st
     ``spark.task.cpus``, so concurrent tasks never oversubscribe the cores.  The job
     ``spark_jobs/inference.py`` and the benchmarks both run exactly this.
     """
-    from superres.pipeline.spark import num_partitions, parallelism, spark_schema, staging_writer
+    from superres.pipeline.spark import map_in_arrow, num_partitions, parallelism, staging_writer
 
     threads = threads or int(spark.conf.get("spark.task.cpus", "1"))
 
     def infer(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        up = worker_upscaler(state, meta, device, batch_size, threads, backend)
-        return trimming(infer_arrow(batches, up))
+        return infer_arrow(batches, worker_upscaler(state, meta, device, batch_size, threads, backend))
 
     parts = partitions or parallelism(spark)
     tiles = spark.read.parquet(tiles_path)
@@ -104,6 +102,6 @@ def run_stage(spark, tiles_path: str, out_path: str, state: bytes, meta: dict[st
     shuffled = num_partitions(tiles) != parts
     if shuffled:
         tiles = tiles.repartition(parts)
-    staging_writer(tiles.mapInArrow(infer, spark_schema(SR_TILE_SCHEMA)), "sr_tiles").parquet(out_path)
+    staging_writer(map_in_arrow(tiles, infer, SR_TILE_SCHEMA), "sr_tiles").parquet(out_path)
     return {"threads": threads, "partitions": parts, "backend": backend, "shuffled": shuffled}
 

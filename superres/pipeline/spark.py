@@ -15,12 +15,13 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from superres.config import Settings
 from superres.pipeline import layout
+from superres.pipeline.worker_memory import trimming
 
 log = logging.getLogger("superres.spark")
 
@@ -85,11 +86,16 @@ def _local_defaults(master: str) -> dict[str, str]:
 
     ``spark.default.parallelism`` is what a local SparkContext uses anyway; it is set so
     that a Spark Connect client, which cannot ask the SparkContext, can read it (parallelism()).
+    A local master's shuffle files never cross a network, and what the jobs shuffle (PNGs,
+    float32 SR tiles) barely compresses, so compressing them only costs CPU: the evaluate
+    job's join and repartition of 64 photos took 4.1-4.7 JVM CPU-s with LZ4, 3.3-3.6 without
+    (benchmarks/README.md, session 14).  A cluster keeps Spark's default.
     """
     cores = _local_cores(master)
     if not cores:
         return {}
-    return {"spark.sql.shuffle.partitions": str(max(2, 2 * cores)), "spark.default.parallelism": str(cores)}
+    return {"spark.sql.shuffle.partitions": str(max(2, 2 * cores)), "spark.default.parallelism": str(cores),
+            "spark.shuffle.compress": "false", "spark.shuffle.spill.compress": "false"}
 
 
 # On a local master the JVM shares the machine's few cores with the Python workers, and
@@ -301,6 +307,19 @@ def spark_schema(schema):
     from pyspark.sql.pandas.types import from_arrow_schema
 
     return from_arrow_schema(schema)
+
+
+def map_in_arrow(df, body: Callable[[Iterator[Any]], Iterator[Any]], schema):
+    """``df.mapInArrow(body)`` to a pyarrow ``schema``, every worker trimming its heap after a partition.
+
+    The stages of a run share their Python workers, so what one stage's partition freed
+    goes back to the OS before the next (:func:`superres.pipeline.worker_memory.trimming`).
+    ``body`` is pickled to the workers: a module-level function or a ``functools.partial`` of one.
+    """
+    def trimmed(batches: Iterator[Any]) -> Iterator[Any]:
+        return trimming(body(batches))
+
+    return df.mapInArrow(trimmed, spark_schema(schema))
 
 
 def job_parser(description: str) -> argparse.ArgumentParser:
