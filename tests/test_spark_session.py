@@ -92,18 +92,28 @@ spark = session("batch-probe")
 default = probe(spark)
 worker = spark.range(0, 1, 1, 1).mapInArrow(daemon, "module string, kept string").collect()[0]
 images = probe(session("batch-probe", rows_per_batch=int(sys.argv[1])))
-print("PROBE " + json.dumps({"default": default, "images": images,
+
+# 40 distinct rows of 1.2 MB, like SR PNGs, written as a staging table.
+from superres.pipeline.spark import staging_writer
+import glob, pyarrow.parquet as pq
+big = spark.range(0, 40, 1, 1).selectExpr(
+    "concat(unbase64(repeat('QUJD', 400000)), cast(cast(id AS string) AS binary)) AS png")
+staging_writer(big, "outputs").parquet(sys.argv[2])
+metas = [pq.ParquetFile(f).metadata for f in glob.glob(sys.argv[2] + "/*.parquet")]
+groups = [[g.num_rows, g.total_byte_size] for m in metas for g in map(m.row_group, range(m.num_row_groups))]
+print("PROBE " + json.dumps({"default": default, "images": images, "row_groups": groups,
                              "daemon": worker["module"], "kept": json.loads(worker["kept"])}))
 """
 
 
 @pytest.fixture(scope="module")
-def worker_probe() -> dict:
-    """One local[1] application that reports what its Python workers saw."""
+def worker_probe(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One local[1] application that reports what its Python workers saw and what it wrote."""
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1",
            "PYSPARK_SUBMIT_ARGS": "--master local[1] pyspark-shell"}
-    out = subprocess.run([sys.executable, "-c", WORKER_PROBE, str(IMAGE_ROWS_PER_BATCH)], env=env,
-                         capture_output=True, text=True, timeout=300)
+    written = tmp_path_factory.mktemp("staging") / "outputs"
+    out = subprocess.run([sys.executable, "-c", WORKER_PROBE, str(IMAGE_ROWS_PER_BATCH), str(written)],
+                         env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     line = next(x for x in out.stdout.splitlines() if x.startswith("PROBE "))
     return json.loads(line[len("PROBE "):])
@@ -114,6 +124,15 @@ def test_image_jobs_hand_their_workers_a_few_rows_at_a_time(worker_probe: dict) 
     """rows_per_batch reaches the Python workers: 40 rows arrive as batches of 4, not one of 32 and 8."""
     assert worker_probe["default"] == [32, 8]  # the session default, sized for tiles
     assert worker_probe["images"] == [IMAGE_ROWS_PER_BATCH] * (40 // IMAGE_ROWS_PER_BATCH)
+
+
+@pytest.mark.spark
+def test_staging_row_groups_stay_near_the_block_size_however_large_the_rows(worker_probe: dict) -> None:
+    """parquet-java would buffer 100 rows before measuring: here 48 MB in one row group."""
+    groups = worker_probe["row_groups"]
+    assert sum(rows for rows, _ in groups) == 40
+    assert len(groups) >= 3
+    assert max(size for _, size in groups) <= 16 * 2**20 + 2 * 2**20  # the 16 MB block size, plus a row
 
 
 @pytest.mark.spark

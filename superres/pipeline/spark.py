@@ -295,11 +295,24 @@ STAGING_CODECS = {"images": "none", "tiles": "zstd", "sr_tiles": "none", "output
                   "evaluated": "none", "metrics": "zstd"}
 
 
+# A Parquet writer buffers its row group in the JVM heap until it reaches parquet.block.size
+# (16 MB here), but parquet-java first measures it after parquet.page.size.row.check.min
+# rows, 100 by default.  Rows here are whole PNGs (1.4 MB at x2 of 512 px, 5.5 MB at x4):
+# a task writing 60 of them buffered one 69 MB row group, and 100 x4 outputs would be
+# 550 MB, so a task's memory grew with the images it wrote.  Measuring from the 4th row
+# keeps row groups near 16 MB whatever the row size (benchmarks/README.md, session 14).
+ROW_GROUP_CHECK_ROWS = 4
+
+
 def staging_writer(df, dataset: str):
-    """``df.write`` that overwrites (a rerun replaces the date's partition) with the dataset's codec."""
+    """``df.write`` that overwrites (a rerun replaces the date's partition) with the dataset's codec.
+
+    Row groups stay near ``parquet.block.size`` however large the rows (:data:`ROW_GROUP_CHECK_ROWS`).
+    """
     if dataset not in STAGING_CODECS:
         raise ValueError(f"unknown staging dataset {dataset!r}")
-    return df.write.mode("overwrite").option("compression", STAGING_CODECS[dataset])
+    return (df.write.mode("overwrite").option("compression", STAGING_CODECS[dataset])
+            .option("parquet.page.size.row.check.min", str(ROW_GROUP_CHECK_ROWS)))
 
 
 def spark_schema(schema):
