@@ -104,7 +104,8 @@ class ProcessSampler(threading.Thread):
         self.samples = 0
         self._halt = threading.Event()
 
-    def _machine(self) -> dict[str, float]:
+    @staticmethod
+    def _machine() -> dict[str, float]:
         import psutil
 
         t = psutil.cpu_times()
@@ -116,6 +117,12 @@ class ProcessSampler(threading.Thread):
     def _add(self, table: dict[str, dict[str, float]], job: str, key: str, value: float) -> None:
         row = table.setdefault(job, {})
         row[key] = row.get(key, 0.0) + value
+
+    @staticmethod
+    def _cpu_used(p: Any) -> tuple[tuple[int, float], float]:
+        """(pid, start time), the key that survives pid reuse, and the process's own CPU-s so far."""
+        times = p.cpu_times()
+        return (p.pid, p.create_time()), times.user + times.system
 
     def _procs(self) -> list[Any]:
         import psutil
@@ -133,8 +140,8 @@ class ProcessSampler(threading.Thread):
         with contextlib.suppress(psutil.NoSuchProcess):
             for p in self._procs():
                 with contextlib.suppress(psutil.Error):
-                    times = p.cpu_times()
-                    self._cpu_seen[(p.pid, p.create_time())] = times.user + times.system
+                    key, used = self._cpu_used(p)
+                    self._cpu_seen[key] = used
         last = self._machine()
         while not self._halt.is_set():
             sums = dict.fromkeys(ROLES, 0)
@@ -150,9 +157,7 @@ class ProcessSampler(threading.Thread):
                     continue
                 with contextlib.suppress(psutil.Error):
                     sums[role] += p.memory_info().rss
-                    times = p.cpu_times()
-                    key = (p.pid, p.create_time())
-                    used = times.user + times.system
+                    key, used = self._cpu_used(p)
                     cpu[role] += used - self._cpu_seen.get(key, 0.0)
                     self._cpu_seen[key] = used
                     if role == "python_driver":

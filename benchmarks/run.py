@@ -145,16 +145,17 @@ def cpu_lines(prof: dict[str, Any] | None) -> list[str]:
     if not prof:
         return []
     cpu, mach = prof["cpu_s_per_mp"], prof["machine_s_per_mp"]
-    roles = ("jvm", "python_driver", "python_workers", "airflow")
+    from benchmarks.dag import ROLES
+
     cols = ("busy", "idle", "steal")
-    head = "{:<13}" + "{:>11}" * (len(roles) + len(cols))
+    head = "{:<13}" + "{:>11}" * (len(ROLES) + len(cols))
     out = [f"     marginal core-seconds per LR MP ({prof['cores']} cores; the model alone, "
            f"A's backend: {prof['model_cpu_s_per_mp']:.2f})",
-           "     " + head.format("job", "jvm", "py driver", "py workers", "airflow", *cols)]
+           "     " + head.format("job", *(r.replace("python_", "py ") for r in ROLES), *cols)]
     jobs = [j for j in cpu if j != "total"] + ["total"]
     for job in jobs:
         c, m = cpu.get(job, {}), mach.get(job, {})
-        out.append("     " + head.format(job, *(f"{c.get(r, 0.0):.2f}" for r in roles),
+        out.append("     " + head.format(job, *(f"{c.get(r, 0.0):.2f}" for r in ROLES),
                                          *(f"{m.get(k, 0.0):.2f}" for k in cols)))
     out.append("")
     return out

@@ -327,7 +327,7 @@ def map_in_arrow(df, body: Callable[[Iterator[Any]], Iterator[Any]], schema):
 
     The stages of a run share their Python workers, so what one stage's partition freed
     goes back to the OS before the next (:func:`superres.pipeline.worker_memory.trimming`).
-    ``body`` is pickled to the workers: a module-level function or a ``functools.partial`` of one.
+    ``body`` goes to the workers by cloudpickle: a function, a ``functools.partial`` or a closure.
     """
     def trimmed(batches: Iterator[Any]) -> Iterator[Any]:
         return trimming(body(batches))
