@@ -21,7 +21,6 @@ from typing import Any
 
 from superres.config import Settings
 from superres.pipeline import layout
-from superres.pipeline.worker_memory import trimming
 
 log = logging.getLogger("superres.spark")
 
@@ -330,6 +329,9 @@ def map_in_arrow(df, body: Callable[[Iterator[Any]], Iterator[Any]], schema):
     ``body`` goes to the workers by cloudpickle: a function, a ``functools.partial`` or a closure.
     """
     def trimmed(batches: Iterator[Any]) -> Iterator[Any]:
+        # Imported in the worker: the DAG file imports this module at parse time (operators).
+        from superres.pipeline.worker_memory import trimming
+
         return trimming(body(batches))
 
     return df.mapInArrow(trimmed, spark_schema(schema))
