@@ -2,18 +2,16 @@
 
     spark-submit spark_jobs/evaluate.py --ds 2026-01-05 --scale 2 --mode evaluate
 
-In evaluate mode the driver reads the manifest and the HR photos of the date's
-``ok`` images from storage (through Python: the JVM has no s3a here) and hands
-them to the executors as rows, joined with the staged ``images`` (LR PNG) and
-``outputs`` (SR PNG).  Executors score SR and bicubic against HR and render the
-bicubic and comparison PNGs, all in one parallel job that writes them to the
-``evaluated`` staging Parquet, partitioned into chunks of ``PUBLISH_CHUNK``
-images.  In upscale mode there is nothing to score, and reconstruct has already
-rendered the artifacts into ``outputs``, in the same chunks: no Spark job runs.
-Either way the driver then fetches one chunk at a time and streams its files
-into staged partitions (``Storage.partition_writer``), so neither it nor a
-Spark Connect server ever holds more than one chunk of PNGs, however many
-images the date has.
+The driver reads the manifest and the HR photos of the date's ``ok`` images
+from storage (through Python: the JVM has no s3a here) and hands them to the
+executors as rows, joined with the staged ``images`` (LR PNG) and ``outputs``
+(SR PNG).  Executors score SR and bicubic against HR (evaluate mode) and
+render the bicubic and comparison PNGs, all in one parallel job that writes
+them to the ``evaluated`` staging Parquet, partitioned into chunks of
+``PUBLISH_CHUNK`` images.  The driver then fetches one chunk at a time and
+streams its files into staged partitions (``Storage.partition_writer``), so
+neither it nor a Spark Connect server ever holds more than one chunk of PNGs,
+however many images the date has.
 
 Evaluate mode applies the regression gate before anything is published: if
 SR does not beat bicubic, ``reports/ds=…/metrics.json`` is still written for
@@ -117,15 +115,6 @@ def chunk_rows(evaluated: DataFrame, n_chunks: int) -> Iterator[Row]:
             yield from rows
 
 
-def artifact(row: Row, column: str, ds: str) -> bytes:
-    """A rendered artifact of the row, which must be there: upscale mode's come from reconstruct."""
-    data = row[column]
-    if data is None:
-        raise RuntimeError(f"{row['image_id']} of ds={ds} has no {column}: the staged outputs were "
-                           f"made in evaluate mode; rerun reconstruct in upscale mode")
-    return bytes(data)
-
-
 def audited_png(row: Row, expected_sha: dict[str, str], ds: str) -> bytes:
     """The row's SR PNG, after checking it is the output staged for that image, byte for byte."""
     image_id, png = row["image_id"], bytes(row["png"])
@@ -155,20 +144,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise RuntimeError(f"ds={ds} has no ok images in staging: nothing to evaluate or publish")
             expected_sha = staged_checksums(ids, outs.select("image_id", "sha256").collect())
 
-            chunk_of = publish_chunks(ids)
+            joined = imgs.join(outs.drop("sha256"), "image_id")
             if mode == "evaluate":
                 manifest = storage.read_json(layout.manifest_key(ds))
                 hr = spark.createDataFrame(hr_rows(storage, manifest, ids), "image_id string, hr binary")
-                joined = imgs.join(outs.drop("sha256"), "image_id").join(hr, "image_id")
-                parts = args.partitions or parallelism(spark)
-                body = partial(evaluate_batches, scale=scale, max_pixels=args.max_pixels)
-                result = map_in_arrow(joined.repartition(max(1, min(parts, len(ids)))), body, EVAL_SCHEMA)
-                chunks = spark.createDataFrame(chunk_of, "image_id string, chunk int")
-                evaluated_path = layout.staging_path(args.staging_uri, "evaluated", ds)
-                staging_writer(result.join(F.broadcast(chunks), "image_id"), "evaluated") \
-                    .partitionBy("chunk").parquet(evaluated_path)
-            else:  # reconstruct rendered upscale mode's artifacts into outputs, in these chunks
-                evaluated_path = layout.staging_path(args.staging_uri, "outputs", ds)
+                joined = joined.join(hr, "image_id")
+            parts = args.partitions or parallelism(spark)
+
+            body = partial(evaluate_batches, mode=mode, scale=scale, max_pixels=args.max_pixels)
+            result = map_in_arrow(joined.repartition(max(1, min(parts, len(ids)))), body, EVAL_SCHEMA)
+            chunk_of = publish_chunks(ids)
+            chunks = spark.createDataFrame(chunk_of, "image_id string, chunk int")
+            evaluated_path = layout.staging_path(args.staging_uri, "evaluated", ds)
+            staging_writer(result.join(F.broadcast(chunks), "image_id"), "evaluated") \
+                .partitionBy("chunk").parquet(evaluated_path)
             evaluated = spark.read.parquet(evaluated_path)
 
             scores: list[dict[str, Any]] = []
@@ -179,8 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for row in chunk_rows(evaluated, chunk_of[-1][1] + 1):
                     name = f"{row['image_id']}.png"
                     sr_files.put(name, audited_png(row, expected_sha, ds))
-                    compare_files.put(name, artifact(row, "compare_png", ds))
-                    bicubic_files.put(name, artifact(row, "bicubic_png", ds))
+                    compare_files.put(name, bytes(row["compare_png"]))
+                    bicubic_files.put(name, bytes(row["bicubic_png"]))
                     if mode == "evaluate":
                         scores.append({"image_id": row["image_id"], **{k: row[k] for k in KEYS}})
                 if len(sr_files.entries) != len(ids):

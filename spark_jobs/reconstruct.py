@@ -3,12 +3,9 @@
     spark-submit spark_jobs/reconstruct.py --ds 2026-01-05 --scale 2
 
 Executors group each image's SR tiles, stitch them, add bicubic chroma (and
-alpha), clamp and encode PNG.  In upscale mode they also render the bicubic and
-comparison PNGs from the same pixels.  The PNGs go to the date's ``outputs``
-Parquet in staging, not to ``sr/``: they are published only after the quality
-gates pass (write-audit-publish), by the evaluate job.  ``outputs`` is
-partitioned into the evaluate job's publish chunks, so that in upscale mode its
-driver fetches them as they are, one chunk at a time, with nothing left to compute.
+alpha), clamp and encode PNG.  The PNGs go to the date's ``outputs`` Parquet
+in staging, not to ``sr/``: they are published only after the quality gates
+pass (write-audit-publish), by the evaluate job.
 """
 
 from __future__ import annotations
@@ -20,7 +17,6 @@ import pandas as pd
 
 from superres import tiling
 from superres.pipeline import layout
-from superres.pipeline.evaluate import publish_chunks
 from superres.pipeline.reconstruct import OUTPUT_SCHEMA, reconstruct_image
 from superres.pipeline.spark import (
     IMAGE_ROWS_PER_BATCH,
@@ -37,17 +33,15 @@ from superres.storage import open_storage
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(job_parser(__doc__), argv)
     storage = open_storage(args.storage_uri)
-    scale, max_pixels, artifacts = args.scale, args.max_pixels, args.mode == "upscale"
+    scale, max_pixels = args.scale, args.max_pixels
     spark = session(f"superres-reconstruct-{args.ds}", args.spark_remote, IMAGE_ROWS_PER_BATCH,
                     session_id=args.spark_session_id)
     try:
-        with stage_summary(storage, args.ds, "reconstruct", {"scale": scale, "mode": args.mode}) as summary:
+        with stage_summary(storage, args.ds, "reconstruct", {"scale": scale}) as summary:
             summary.update(spark=where(spark))
             sr = spark.read.parquet(layout.staging_path(args.staging_uri, "sr_tiles", args.ds))
             imgs = spark.read.parquet(layout.staging_path(args.staging_uri, "images", args.ds)) \
                 .filter("status = 'ok'")
-            expected = sorted(r["image_id"] for r in imgs.select("image_id").collect())
-            chunk_of = dict(publish_chunks(expected))
 
             def stitch_group(tiles: pd.DataFrame, image: pd.DataFrame) -> pd.DataFrame:
                 if image.empty:
@@ -55,18 +49,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 row = image.iloc[0].to_dict()
                 cores = [(int(t.y), int(t.x), tiling.decode_pixels(t.pixels, int(t.sr_h), int(t.sr_w)))
                          for t in tiles.itertuples()]
-                out = reconstruct_image(row, cores, scale, max_pixels, artifacts=artifacts)
-                return pd.DataFrame([{**out, "chunk": chunk_of[row["image_id"]]}])
+                return pd.DataFrame([reconstruct_image(row, cores, scale, max_pixels)])
 
             out = sr.groupBy("image_id").cogroup(imgs.groupBy("image_id")) \
-                .applyInPandas(stitch_group, f"{OUTPUT_SCHEMA}, chunk int")
-            writer = staging_writer(out, "outputs")
-            if expected:  # partitioning no rows would leave no file, hence no schema to read back
-                writer = writer.partitionBy("chunk")
-            writer.parquet(layout.staging_path(args.staging_uri, "outputs", args.ds))
+                .applyInPandas(stitch_group, OUTPUT_SCHEMA)
+            staging_writer(out, "outputs").parquet(layout.staging_path(args.staging_uri, "outputs", args.ds))
             written = spark.read.parquet(layout.staging_path(args.staging_uri, "outputs", args.ds))
             got = {r["image_id"] for r in written.select("image_id").collect()}
-            missing = sorted(set(expected) - got)
+            expected = {r["image_id"] for r in imgs.select("image_id").collect()}
+            missing = sorted(expected - got)
             if missing:
                 raise RuntimeError(f"no SR output for images {missing}: their tiles are missing")
             summary.update(images=len(got))

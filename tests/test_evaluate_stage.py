@@ -130,7 +130,7 @@ def test_sr_of_the_wrong_size_is_refused_naming_the_image() -> None:
     with pytest.raises(SizeMismatchError, match="the LR input"):
         evaluate_image("bad", hr_bytes, png(hr), png(lr[:-1]), SCALE)
     with pytest.raises(SizeMismatchError, match="x2 the LR input"):
-        upscale_artifacts("bad", hr[:-2], lr, SCALE)
+        upscale_artifacts("bad", png(hr[:-2]), png(lr), SCALE)
 
 
 # --------------------------------------------------------------------------- artifacts
@@ -156,46 +156,30 @@ def test_comparison_png_is_three_crops_with_gaps(h: int, w: int) -> None:
 def test_upscale_artifacts_compare_bicubic_with_sr() -> None:
     lr = smooth_image(100, 90, seed=5)
     sr = noisy(bicubic_image(lr, SCALE), 3.0)
-    out = upscale_artifacts("u", sr, lr, SCALE)
-    assert set(out) == {"bicubic_png", "compare_png"}
+    out = upscale_artifacts("u", png(sr), png(lr), SCALE)
+    assert set(out) == {"image_id", "bicubic_png", "compare_png"}
     assert png_size(out["compare_png"]) == (2 * COMPARE_CROP + COMPARE_GAP, COMPARE_CROP)
     assert np.array_equal(images.decode(out["bicubic_png"]).pixels, bicubic_image(lr, SCALE))
 
 
-def test_reconstruct_renders_upscale_artifacts_of_the_png_it_publishes() -> None:
-    """Upscale mode: reconstruct's artifacts are exactly those of its own PNG and the LR."""
-    from superres import tiling
-    from superres.pipeline.inference import infer_records
-    from superres.pipeline.reconstruct import reconstruct_image
-    from superres.pipeline.split import tiles_of
-    from tests.helpers import random_upscaler
-
-    up = random_upscaler(SCALE, d=16, s=8, m=1)
-    row = split_image("r", png(smooth_image(70, 90, seed=6)), mode="upscale", scale=SCALE, tile=32,
-                      halo=up.halo, max_pixels=10**6)
-    cores = [(t["y"], t["x"], tiling.decode_pixels(t["pixels"], t["sr_h"], t["sr_w"]))
-             for t in infer_records(tiles_of(row), up)]
-    plain = reconstruct_image(row, cores, SCALE)
-    assert plain["bicubic_png"] is None and plain["compare_png"] is None
-    out = reconstruct_image(row, cores, SCALE, artifacts=True)
-    assert out["png"] == plain["png"]  # the artifacts change nothing in the SR output
-    sr, lr = images.decode(out["png"]).pixels, images.decode(row["lr_png"]).pixels
-    assert {k: out[k] for k in ("bicubic_png", "compare_png")} == upscale_artifacts("r", sr, lr, SCALE)
-
-
-def test_the_runs_pixel_limit_reaches_every_decode() -> None:
-    """The limit is the run's (``--max-pixels``), on the photo; no stage decodes an upscale-mode SR."""
+def test_the_runs_pixel_limit_reaches_every_decode_and_sr_may_be_scale_squared_larger() -> None:
+    """The limit is the run's (``--max-pixels``), on the photo: an SR output is scale^2 larger."""
     from superres.pipeline.reconstruct import reconstruct_image
     from superres.pipeline.split import tiles_of
 
     hr_bytes, hr, lr = triple(80, 60)  # HR 80x60 = 4,800 px, LR 40x30 = 1,200, SR 4,800
     sr = png(bicubic_image(lr, SCALE))
-    # The photo exactly at the limit: every decode passes.
+    # The photo exactly at the limit: every decode passes, though SR is 4x the limit in upscale mode.
     assert evaluate_image("e", hr_bytes, sr, png(lr), SCALE, max_pixels=4_800)["psnr"] > 20
+    upscale_lr = png(hr)  # upscale mode: the photo is the LR, its output 9,600x2 px
+    up_sr = png(bicubic_image(hr, SCALE))
+    assert upscale_artifacts("u", up_sr, upscale_lr, SCALE, max_pixels=4_800)["image_id"] == "u"
     # One pixel under it, each stage refuses the photo with the decoder's specific reason.
     with pytest.raises(images.ImageError, match="exceeds the limit of 4799") as info:
         evaluate_image("e", hr_bytes, sr, png(lr), SCALE, max_pixels=4_799)
     assert info.value.reason == "too_many_pixels"
+    with pytest.raises(images.ImageError, match=r"19200 pixels exceeds the limit of 19196"):
+        upscale_artifacts("u", up_sr, upscale_lr, SCALE, max_pixels=4_799)  # 4 x 4,799 for the SR
     row = split_image("r", png(hr), mode="upscale", scale=SCALE, tile=32, halo=4, max_pixels=4_800)
     assert len(tiles_of(row, max_pixels=4_800)) == row["tiles"]
     for stage_call in (lambda: tiles_of(row, max_pixels=4_799),
@@ -219,10 +203,12 @@ def test_evaluate_batches_yields_one_record_per_image() -> None:
         hr_bytes, hr, lr = triple(seed=10 + i)
         rows.append({"image_id": f"i{i}", "png": png(hr), "lr_png": png(lr), "hr": hr_bytes})
     batch = pa.RecordBatch.from_pylist(rows)
-    out = list(evaluate_batches(iter([batch]), scale=SCALE))
+    out = list(evaluate_batches(iter([batch]), mode="evaluate", scale=SCALE))
     assert [b.schema for b in out] == [EVAL_SCHEMA, EVAL_SCHEMA]
     recs = [r for b in out for r in b.to_pylist()]
     assert [r["png"] for r in recs] == [r["png"] for r in rows]  # passed through untouched
+    up = next(evaluate_batches(iter([batch.drop_columns(["hr"])]), mode="upscale", scale=SCALE))
+    assert up.to_pylist()[0]["psnr"] is None
 
 
 # --------------------------------------------------------------------------- report and gate
@@ -275,58 +261,42 @@ def test_regression_gate_passes_a_better_model_and_fails_a_worse_one() -> None:
 OUTPUT_SCHEMA = pa.schema([
     ("image_id", pa.string()), ("png", pa.binary()), ("width", pa.int32()), ("height", pa.int32()),
     ("bytes", pa.int64()), ("sha256", pa.string()),
-    ("bicubic_png", pa.binary()), ("compare_png", pa.binary()),
 ])
 
 
-def stage_day(storage: LocalStorage, staging: Path, ds: str, quality: str,
-              mode: str = "evaluate") -> dict[str, dict[str, bytes]]:
+def stage_day(storage: LocalStorage, staging: Path, ds: str, quality: str) -> dict[str, bytes]:
     """Raw photos + manifest, and staged ``images``/``outputs`` as split/reconstruct leave them.
 
     ``quality="good"`` makes SR halfway between bicubic and HR (beats bicubic);
-    ``"bad"`` adds heavy noise to bicubic.  ``outputs`` is in publish chunks and, in
-    upscale mode, carries the artifacts as reconstruct renders them.  Returns the staged
-    PNGs by kind (``sr``, and in upscale mode ``bicubic`` and ``compare``) and file name.
+    ``"bad"`` adds heavy noise to bicubic; returns the staged SR PNGs by file name.
     """
-    photos = {"p1": smooth_image(44, 50, 1), "p2": smooth_image(41, 36, 2, channels=1)}
-    raw = {k: png(v) for k, v in photos.items()}
-    # Fetched, but split quarantines it: too small for x2 evaluation, or (upscale) cut short.
-    raw["bad"] = png(np.zeros((1, 1, 3), np.uint8)) if mode == "evaluate" else raw["p1"][:40]
+    photos = {"p1": smooth_image(44, 50, 1), "p2": smooth_image(41, 36, 2, channels=1),
+              "tiny": np.zeros((1, 1, 3), np.uint8)}  # fetched, but split quarantines it
     halo = ModelSpec(scale=SCALE).halo
     manifest: dict[str, Any] = {"ds": ds, "images": [], "quarantined": []}
-    image_rows, output_rows = [], []
-    staged: dict[str, dict[str, bytes]] = {"sr": {}, "bicubic": {}, "compare": {}}
-    for image_id, data in raw.items():
+    image_rows, output_rows, staged = [], [], {}
+    for image_id, hr in photos.items():
         key = f"{layout.raw_prefix(ds)}/{image_id}.png"
-        storage.write_bytes(key, data)
+        storage.write_bytes(key, png(hr))
         manifest["images"].append({"image_id": image_id, "key": key})
-        row = split_image(image_id, data, mode=mode, scale=SCALE, tile=16, halo=halo, max_pixels=10**6)
+        row = split_image(image_id, png(hr), mode="evaluate", scale=SCALE, tile=16, halo=halo,
+                          max_pixels=10**6)
         image_rows.append(row)
         if row["status"] != "ok":
             continue
         lr = images.decode(row["lr_png"]).pixels
         bic = bicubic_image(lr, SCALE).astype(np.float64)
-        crop = photos[image_id][: bic.shape[0], : bic.shape[1]] if mode == "evaluate" else bic
+        crop = hr[: bic.shape[0], : bic.shape[1]]
         sr = colour.to_uint8((bic + crop) / 2) if quality == "good" else noisy(bic, 25.0)
         data = png(sr)
-        out = {"image_id": image_id, "png": data, "width": sr.shape[1], "height": sr.shape[0],
-               "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
-               "bicubic_png": None, "compare_png": None}
-        if mode == "upscale":
-            out.update(upscale_artifacts(image_id, sr, lr, SCALE))
-            staged["bicubic"][f"{image_id}.png"] = out["bicubic_png"]
-            staged["compare"][f"{image_id}.png"] = out["compare_png"]
-        staged["sr"][f"{image_id}.png"] = data
-        output_rows.append(out)
+        staged[f"{image_id}.png"] = data
+        output_rows.append({"image_id": image_id, "png": data, "width": sr.shape[1], "height": sr.shape[0],
+                            "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
     storage.write_json(layout.manifest_key(ds), manifest)
-    images_dir = Path(layout.staging_path(str(staging), "images", ds))
-    images_dir.mkdir(parents=True)
-    pq.write_table(pa.Table.from_pylist(image_rows, schema=IMAGE_SCHEMA), images_dir / "part-00000.parquet")
-    chunk_of = dict(publish_chunks([r["image_id"] for r in output_rows]))
-    for out in output_rows:
-        part = Path(layout.staging_path(str(staging), "outputs", ds)) / f"chunk={chunk_of[out['image_id']]}"
-        part.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.Table.from_pylist([out], schema=OUTPUT_SCHEMA), part / f"{out['image_id']}.parquet")
+    for name, rows, schema in (("images", image_rows, IMAGE_SCHEMA), ("outputs", output_rows, OUTPUT_SCHEMA)):
+        part = Path(layout.staging_path(str(staging), name, ds))
+        part.mkdir(parents=True)
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), part / "part-00000.parquet")
     assert [r["status"] for r in image_rows] == ["ok", "ok", "quarantined"]
     return staged
 
@@ -343,9 +313,9 @@ def test_spark_evaluate_job_publishes_only_after_the_gate(tmp_path: Path,
 
     storage, staging = LocalStorage(tmp_path / "store"), tmp_path / "staging"
 
-    def run(ds: str, mode: str = "evaluate") -> int:
+    def run(ds: str) -> int:
         return job.main(["--ds", ds, "--storage-uri", str(storage.root), "--staging-uri", str(staging),
-                         "--scale", str(SCALE), "--mode", mode, "--partitions", "1"])
+                         "--scale", str(SCALE), "--mode", "evaluate", "--partitions", "1"])
 
     # 1. A model that beats bicubic: everything is published; a stale file from an earlier run goes.
     # One image per publish chunk, so the driver fetches the results in two round trips.
@@ -354,7 +324,7 @@ def test_spark_evaluate_job_publishes_only_after_the_gate(tmp_path: Path,
     staged = stage_day(storage, staging, good, "good")
     storage.replace_partition(layout.sr_prefix(good), {"stale.png": b"old"})
     assert run(good) == 0
-    assert storage.read_partition(layout.sr_prefix(good)) == staged["sr"]  # byte-identical, one per ok image
+    assert storage.read_partition(layout.sr_prefix(good)) == staged  # byte-identical, one per ok image
     assert storage.list(layout.sr_prefix(good)) == [
         f"{layout.sr_prefix(good)}/{n}" for n in ("_SUCCESS", "p1.png", "p2.png")]
     for artifact in ("compare", "bicubic"):
@@ -389,22 +359,4 @@ def test_spark_evaluate_job_publishes_only_after_the_gate(tmp_path: Path,
     assert storage.list(layout.report_key(bad, "compare")) == []
     assert storage.list(layout.report_key(bad, "bicubic")) == []
     assert not storage.exists(layout.report_key(bad, "stages/evaluate.json"))
-
-    # 3. Upscale mode: reconstruct staged the artifacts, so no Spark job runs; they are published as staged.
-    up = "2026-01-07"
-    staged = stage_day(storage, staging, up, "good", mode="upscale")
-    assert run(up, "upscale") == 0
-    for kind, prefix in (("sr", layout.sr_prefix(up)), ("compare", layout.report_key(up, "compare")),
-                         ("bicubic", layout.report_key(up, "bicubic"))):
-        assert storage.read_partition(prefix) == staged[kind] and len(staged[kind]) == 2
-    assert not storage.exists(layout.report_key(up, "metrics.json"))  # nothing to score against
-    assert not Path(layout.staging_path(str(staging), "evaluated", up)).exists()
-    assert storage.read_json(layout.report_key(up, "stages/evaluate.json"))["images"] == 2
-
-    # 4. Outputs staged without them (reconstruct ran in evaluate mode): refused, nothing published.
-    mixed = "2026-01-08"
-    stage_day(storage, staging, mixed, "good")
-    with pytest.raises(RuntimeError, match="p1 of ds=2026-01-08 has no compare_png: .* rerun reconstruct"):
-        run(mixed, "upscale")
-    assert storage.list(layout.sr_prefix(mixed)) == []
 

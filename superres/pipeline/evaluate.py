@@ -2,8 +2,6 @@
 
 Everything here is a pure function of bytes and arrays so that Spark executors
 (``evaluate_batches`` is the ``mapInArrow`` body) and tests call the same code.
-In upscale mode there is no HR to score against; the reconstruct stage renders
-that mode's artifacts (:func:`upscale_artifacts`) from the pixels it holds.
 
 Scoring follows the paper protocol of :mod:`superres.evaluate`: PSNR/SSIM on
 BT.601 Y, 8-bit rounded, with ``scale`` pixels shaved from every border.
@@ -138,6 +136,11 @@ def _check_size(image_id: str, what: str, got: np.ndarray, want: tuple[int, int]
 # --------------------------------------------------------------------------- per image
 
 
+def sr_max_pixels(max_pixels: int, scale: int) -> int:
+    """Decode limit for an SR output: the run's limit is on the photo, not its x scale^2 result."""
+    return max_pixels * scale * scale
+
+
 def evaluate_image(image_id: str, hr_bytes: bytes, sr_png: bytes, lr_png: bytes,
                    scale: int, max_pixels: int = images.DEFAULT_MAX_PIXELS) -> dict[str, Any]:
     """Evaluate mode: scores of SR and bicubic against the HR photo, plus both artifacts.
@@ -147,7 +150,7 @@ def evaluate_image(image_id: str, hr_bytes: bytes, sr_png: bytes, lr_png: bytes,
     PSNR is ``inf`` when SR equals HR (see :data:`PSNR_CAP_DB` for the JSON).
     """
     hr = crop_to_multiple(images.decode(hr_bytes, max_pixels=max_pixels).pixels, scale)
-    sr = images.decode(sr_png, max_pixels=max_pixels).pixels  # the HR's size, which is within the limit
+    sr = images.decode(sr_png, max_pixels=sr_max_pixels(max_pixels, scale)).pixels
     lr = images.decode(lr_png, max_pixels=max_pixels).pixels
     size = hr.shape[:2]
     why = f"the HR photo cropped to a multiple of x{scale}"
@@ -166,13 +169,11 @@ def evaluate_image(image_id: str, hr_bytes: bytes, sr_png: bytes, lr_png: bytes,
     }
 
 
-def upscale_artifacts(image_id: str, sr: np.ndarray, lr: np.ndarray, scale: int) -> dict[str, bytes]:
-    """Upscale mode (no ground truth): the bicubic PNG and a bicubic | SR comparison.
-
-    The reconstruct stage renders these from the SR image it has just stitched and the
-    LR it stitched it from: no PNG is decoded a second time and no Spark job has to
-    bring the two images together again (benchmarks/README.md, session 15).
-    """
+def upscale_artifacts(image_id: str, sr_png: bytes, lr_png: bytes, scale: int,
+                      max_pixels: int = images.DEFAULT_MAX_PIXELS) -> dict[str, Any]:
+    """Upscale mode (no ground truth): the bicubic PNG and a bicubic | SR comparison."""
+    sr = images.decode(sr_png, max_pixels=sr_max_pixels(max_pixels, scale)).pixels
+    lr = images.decode(lr_png, max_pixels=max_pixels).pixels
     want = (lr.shape[0] * scale, lr.shape[1] * scale)
     _check_size(image_id, "the SR output", sr, want, f"x{scale} the LR input")
     bicubic = bicubic_image(lr, scale)
@@ -182,32 +183,38 @@ def upscale_artifacts(image_id: str, sr: np.ndarray, lr: np.ndarray, scale: int)
     top, left = top * scale, left * scale
     window = (top, left, min(COMPARE_CROP, want[0] - top), min(COMPARE_CROP, want[1] - left))
     return {
+        "image_id": image_id,
         "bicubic_png": images.encode_png(bicubic),
         "compare_png": images.encode_png(side_by_side([bicubic, sr], window)),
     }
 
 
-def evaluate_row(row: Mapping[str, Any], scale: int,
+def evaluate_row(row: Mapping[str, Any], mode: str, scale: int,
                  max_pixels: int = images.DEFAULT_MAX_PIXELS) -> dict[str, Any]:
-    """One joined row (image_id, png, lr_png, hr) -> an :data:`EVAL_SCHEMA` record.
+    """One joined row (image_id, png, lr_png[, hr]) -> an :data:`EVAL_SCHEMA` record.
 
     The SR PNG is passed through untouched, so the driver publishes exactly
     the bytes that were scored (after checking them against the staged sha256).
-    Upscale mode has nothing to score: reconstruct renders its artifacts.
     """
     image_id, png = row["image_id"], bytes(row["png"])
-    out = evaluate_image(image_id, bytes(row["hr"]), png, bytes(row["lr_png"]), scale, max_pixels)
+    if mode == "evaluate":
+        out = evaluate_image(image_id, bytes(row["hr"]), png, bytes(row["lr_png"]), scale, max_pixels)
+    elif mode == "upscale":
+        out = dict.fromkeys(KEYS)
+        out.update(upscale_artifacts(image_id, png, bytes(row["lr_png"]), scale, max_pixels))
+    else:
+        raise ValueError(f"mode must be 'evaluate' or 'upscale', got {mode!r}")
     out["png"] = png
     return out
 
 
-def evaluate_batches(batches: Iterator[pa.RecordBatch], *, scale: int,
+def evaluate_batches(batches: Iterator[pa.RecordBatch], *, mode: str, scale: int,
                      max_pixels: int = images.DEFAULT_MAX_PIXELS) -> Iterator[pa.RecordBatch]:
     """mapInArrow body: one image at a time, so a worker holds one photo's arrays at once."""
     for batch in batches:
         for i in range(batch.num_rows):
             row = batch.slice(i, 1).to_pylist()[0]
-            yield pa.RecordBatch.from_pylist([evaluate_row(row, scale, max_pixels)], schema=EVAL_SCHEMA)
+            yield pa.RecordBatch.from_pylist([evaluate_row(row, mode, scale, max_pixels)], schema=EVAL_SCHEMA)
 
 
 def publish_chunks(ids: Sequence[str], size: int | None = None) -> list[tuple[str, int]]:

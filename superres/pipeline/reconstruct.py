@@ -1,9 +1,4 @@
-"""Reconstruct stage: SR tile cores of one image + its LR image -> the SR PNG.
-
-In upscale mode it also renders that mode's artifacts (the bicubic PNG and the
-bicubic | SR comparison) while the SR and LR pixels are in hand, so the evaluate
-job only publishes them (see :func:`superres.pipeline.evaluate.upscale_artifacts`).
-"""
+"""Reconstruct stage: SR tile cores of one image + its LR image -> the SR PNG."""
 
 from __future__ import annotations
 
@@ -15,34 +10,26 @@ import numpy as np
 
 from superres import images, tiling
 from superres.engine import UNIT, assemble
-from superres.pipeline.evaluate import upscale_artifacts
 
 
 def reconstruct_image(
     image: dict[str, Any], cores: Iterable[tuple[int, int, np.ndarray]], scale: int,
-    max_pixels: int = images.DEFAULT_MAX_PIXELS, artifacts: bool = False,
+    max_pixels: int = images.DEFAULT_MAX_PIXELS,
 ) -> dict[str, Any]:
     """Stitch an image's SR cores (LR origin y, x, pixels) and encode the PNG.
 
     ``max_pixels`` is the run's input limit, which the LR (never larger than the photo) meets.
-    ``artifacts`` (upscale mode) adds the bicubic and comparison PNGs; otherwise they are None.
     """
     lr = images.decode(image["lr_png"], max_pixels=max_pixels).pixels
     h, w = int(image["lr_height"]), int(image["lr_width"])
     y_sr = tiling.stitch(cores, h, w, scale) * UNIT  # cores are in the network's [0, 1]
-    sr = assemble(lr, y_sr, scale)
-    png = images.encode_png(sr)
-    out = {
+    png = images.encode_png(assemble(lr, y_sr, scale))
+    return {
         "image_id": image["image_id"], "png": png, "width": w * scale, "height": h * scale,
         "bytes": len(png), "sha256": hashlib.sha256(png).hexdigest(),
-        "bicubic_png": None, "compare_png": None,
     }
-    if artifacts:
-        out.update(upscale_artifacts(image["image_id"], sr, lr, scale))
-    return out
 
 
 OUTPUT_SCHEMA = (
-    "image_id string, png binary, width int, height int, bytes long, sha256 string, "
-    "bicubic_png binary, compare_png binary"
+    "image_id string, png binary, width int, height int, bytes long, sha256 string"
 )
