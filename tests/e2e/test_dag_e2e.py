@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from superres.pipeline.evaluate import COMPARE_CROP, COMPARE_GAP
 from tests.conftest import FAKE_ACCESS_KEY, FAKE_SECRET_KEY, ROOT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.spark]
@@ -55,6 +56,14 @@ def check_outputs(read, list_keys, ds: str, scale: int, mode: str) -> dict[str, 
         lr_w, lr_h = (img["width"], img["height"]) if mode == "upscale" else \
             (img["width"] // scale, img["height"] // scale)
         assert out.size == (lr_w * scale, lr_h * scale)
+        # Its bicubic baseline and the comparison strip, published beside it by the evaluate job:
+        # HR | bicubic | SR, or bicubic | SR in upscale mode (no ground truth).
+        bicubic = Image.open(io.BytesIO(read(f"reports/ds={ds}/bicubic/{img['image_id']}.png")))
+        assert bicubic.size == out.size
+        compare = Image.open(io.BytesIO(read(f"reports/ds={ds}/compare/{img['image_id']}.png")))
+        panels = 2 if mode == "upscale" else 3
+        cw, ch = (min(COMPARE_CROP, side) for side in out.size)
+        assert compare.size == (panels * cw + (panels - 1) * COMPARE_GAP, ch)
     c = report["counts"]
     assert c["fetched"] == c["processed"] + c["quarantined"] == manifest["requested"]
     assert report["reconciled"] is True
