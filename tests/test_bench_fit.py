@@ -1,0 +1,44 @@
+"""D/E's fit over repeated DAG runs: each N's fastest run is fitted, memory takes each N's peak."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from benchmarks.dag import fit, fitted_runs, memory_ratio
+
+MP = {16: 4.194304, 64: 16.777216}  # LR megapixels of N photos of 512x512
+
+
+def run(n: int, ds: str, wall: float, ok: bool = True, spark_mb: float = 1000.0) -> dict[str, Any]:
+    return {"n": n, "ds": ds, "ok": ok, "wall_s": wall, "megapixels": MP[n],
+            "task_s": {"inference": wall / 2}, "stage_compute_s": {},
+            "memory": {"spark_peak_mb": spark_mb, "driver_peak_mb": spark_mb / 2,
+                       "workers_peak_mb": spark_mb / 2}}
+
+
+def test_the_fastest_ok_run_of_each_n_is_fitted() -> None:
+    runs = [run(16, "d1", 62.0), run(64, "d2", 80.0), run(16, "d3", 48.0), run(64, "d4", 74.0),
+            run(64, "d5", 10.0, ok=False)]  # a failed run is never the fastest
+    small, large = fitted_runs(runs)
+    assert (small["ds"], large["ds"]) == ("d3", "d4")
+    f = fit(runs, fast_mp_s=2.0)
+    slope = (74.0 - 48.0) / (MP[64] - MP[16])
+    assert f["marginal_s_per_mp"] == pytest.approx(slope)
+    assert f["fixed_overhead_s"] == pytest.approx(48.0 - slope * MP[16])
+    assert f["marginal_cost_ratio"] == pytest.approx(slope * 2.0)
+    assert f["fitted_ds"] == ["d3", "d4"]
+    assert f["walls_by_n"] == {"16": [62.0, 48.0], "64": [80.0, 74.0, 10.0]}
+    assert f["stages"]["inference"]["n16_s"] == 24.0
+
+
+def test_one_batch_size_cannot_be_fitted() -> None:
+    with pytest.raises(ValueError, match=r"two batch sizes, got N = \[16\]"):
+        fitted_runs([run(16, "d1", 50.0), run(16, "d2", 51.0)])
+
+
+def test_memory_ratio_compares_each_n_at_its_highest_peak() -> None:
+    runs = [run(16, "d1", 50, spark_mb=1000), run(64, "d2", 70, spark_mb=1200),
+            run(16, "d3", 49, spark_mb=1100), run(64, "d4", 71, spark_mb=1150)]
+    assert memory_ratio(runs)["ratio"] == pytest.approx(1200 / 1100)
