@@ -8,6 +8,7 @@ backend's ideas on one at a time (one round each, informational).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,24 @@ def throughput(up: Upscaler, planes: list[np.ndarray], tile: int | None = None) 
     mp = sum(p.size for p in planes) / 1e6
     seconds, out = timed(lambda: [up.sr_plane(p, tile) for p in planes])
     return mp / seconds, out
+
+
+def probe(model, images: list[Image], threads: int = 0) -> Callable[[], float]:
+    """One round of the project's backend on all cores, to time again at any moment (MP/s).
+
+    D takes one before each DAG run: the machine's speed drifts by a third within
+    minutes here (benchmarks/README.md, session 15), so pure inference is measured in
+    the same minutes as the runs it is compared with, not only in A beforehand.
+    """
+    configure_threads(threads or None)
+    planes = planes_of(images)
+    fast = Upscaler(model, backend="fast")
+    fast.sr_plane(planes[0])  # warm
+
+    def rate() -> float:
+        return throughput(fast, planes)[0]
+
+    return rate
 
 
 def run(model, images: list[Image], rounds: int = 3, ablation: bool = True,
