@@ -15,6 +15,7 @@ model from the broadcast weights on every call.  Same session, same cores.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,12 @@ def stitch_from(path: Path, image: Image, scale: int) -> np.ndarray:
 
 
 def run_b(spark, model, state: bytes, meta: dict[str, Any], images: list[Image], workdir: Path,
-          tile: int, rounds: int = 3) -> dict[str, Any]:
+          tile: int, rounds: int = 3, backend: Callable[[], float] | None = None) -> dict[str, Any]:
+    """B's rounds; ``backend`` (:func:`benchmarks.engine.probe`) times A's backend after each one.
+
+    The machine's speed drifts within minutes (benchmarks/README.md, session 15), so the
+    single-process reference is taken round by round beside the Spark stage, not only in A.
+    """
     mp = sum(img.megapixels for img in images)
     tiles_path, out_path = workdir / "tiles", workdir / "sr_tiles"
     n_tiles = write_tiles(images, tiles_path, tile, model.spec.halo)
@@ -73,11 +79,14 @@ def run_b(spark, model, state: bytes, meta: dict[str, Any], images: list[Image],
 
     cold, info = timed(stage)
     print(f"  B spark cold (starts workers) {mp / cold:.3f} MP/s", flush=True)
-    rates = []
+    rates, backend_rates = [], []
     for _ in range(rounds):
         seconds, _ = timed(stage)
         rates.append(mp / seconds)
         print(f"  B spark warm {rates[-1]:.3f} MP/s", flush=True)
+        if backend is not None:
+            backend_rates.append(backend())
+            print(f"  B single-process backend {backend_rates[-1]:.3f} MP/s", flush=True)
     # The same tile windows through the same backend in this process, all cores:
     # separates Spark's own cost from the cost of the tile layout.
     up = Upscaler(model, backend="fast")
@@ -97,6 +106,8 @@ def run_b(spark, model, state: bytes, meta: dict[str, Any], images: list[Image],
     return {
         "images": len(images), "tiles": n_tiles, "tile": tile, "rounds": rounds,
         "spark_mp_s": median(rates), "spark_mp_s_rounds": rates, "spark_cold_mp_s": mp / cold,
+        "backend_mp_s": median(backend_rates) if backend_rates else None,
+        "backend_mp_s_rounds": backend_rates,
         "cold_s": cold, "same_tiles_in_process_mp_s": mp / in_proc,
         "max_uint8_diff_vs_whole_image": levels,
         "master": conf.get("spark.master"), "partitions": info["partitions"],
