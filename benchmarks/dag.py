@@ -329,14 +329,23 @@ def fitted_runs(runs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, A
     costs, as ``timeit`` reasons.  With one run per N, one disturbed run moved D's ratio
     between 1.5 and 3.6 on the same code (benchmarks/README.md, session 15).
     """
-    ns = sorted({r["n"] for r in runs})
-    if len(ns) < 2:
-        raise ValueError(f"D needs runs at two batch sizes, got N = {ns}")
+    grouped = by_n(runs)
+    if len(grouped) < 2:
+        raise ValueError(f"D needs runs at two batch sizes, got N = {list(grouped)}")
 
-    def best(n: int) -> dict[str, Any]:
-        return min((r for r in runs if r["n"] == n), key=lambda r: (not r["ok"], r["wall_s"]))
+    def best(group: list[dict[str, Any]]) -> dict[str, Any]:
+        return min(group, key=lambda r: (not r["ok"], r["wall_s"]))
 
-    return best(ns[0]), best(ns[-1])
+    groups = list(grouped.values())
+    return best(groups[0]), best(groups[-1])
+
+
+def by_n(runs: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
+    """The runs of each batch size, smallest N first, each N's in the order they ran."""
+    out: dict[int, list[dict[str, Any]]] = {}
+    for r in sorted(runs, key=lambda r: r["n"]):
+        out.setdefault(r["n"], []).append(r)
+    return out
 
 
 def fit(runs: list[dict[str, Any]], fast_mp_s: float, cores: int = 0) -> dict[str, Any]:
@@ -361,9 +370,7 @@ def fit(runs: list[dict[str, Any]], fast_mp_s: float, cores: int = 0) -> dict[st
             f, s = line(small["stage_compute_s"][st], large["stage_compute_s"][st])
             compute[st] = {"fixed_s": round(f, 2), "marginal_s_per_mp": round(s, 3)}
     inference_s_per_mp = 1.0 / fast_mp_s
-    walls: dict[str, list[float]] = {}
-    for r in runs:
-        walls.setdefault(str(r["n"]), []).append(r["wall_s"])
+    walls = {str(n): [r["wall_s"] for r in group] for n, group in by_n(runs).items()}
     return {
         "fixed_overhead_s": fixed, "marginal_s_per_mp": slope,
         "fitted_ds": [small["ds"], large["ds"]], "walls_by_n": walls,
@@ -404,10 +411,10 @@ def cpu_profile(small: dict[str, Any], large: dict[str, Any], d_mp: float, cores
 
 def memory_ratio(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Peak RSS at the largest N over the smallest, each the highest of that N's runs."""
-    ns = sorted({r["n"] for r in runs})
+    groups = list(by_n(runs).values())
     out = {}
     for key in ("spark_peak_mb", "driver_peak_mb", "workers_peak_mb"):
-        a, b = (max((r["memory"][key] or 0 for r in runs if r["n"] == n), default=0) for n in (ns[0], ns[-1]))
+        a, b = (max(r["memory"][key] or 0 for r in group) for group in (groups[0], groups[-1]))
         out[key.replace("_peak_mb", "_ratio")] = (b / a) if a and b else None
     out["ratio"] = out["spark_ratio"]
     return out

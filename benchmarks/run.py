@@ -21,6 +21,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"inputs: {args.images} x {args.size}x{args.size} {args.inputs}; workdir {workdir}", flush=True)
     images = common.make_images(args.images, args.size, args.inputs)
 
+    from benchmarks import engine
     from superres.model import default_weights, load_model
 
     weights = default_weights(2)
@@ -190,18 +192,17 @@ def main(argv: list[str] | None = None) -> int:
     parts = set(args.parts.upper()) - (set("DE") if args.skip_dag else set())
     if "A" in parts:
         print("A. engine", flush=True)
-        from benchmarks import engine
-
         results["A"] = engine.run(model, images, rounds=args.rounds, ablation=not args.no_ablation,
                                   threads=args.threads, ablation_images=args.ablation_images)
+    # One round of A's backend, timed again beside B's and D's runs (the machine's speed drifts).
+    inference = engine.probe(model, images, args.threads) if parts & set("BCDE") else None
     if parts & set("BC"):
-        run_spark(args, results, images, model, weights, workdir)
+        run_spark(args, results, images, model, weights, workdir, inference)
     if parts & set("DE"):
         print("D/E. superres_daily end to end", flush=True)
-        from benchmarks import dag, engine
+        from benchmarks import dag
 
         small, large = sorted(args.dag_n)
-        inference = engine.probe(model, images, args.threads)
         with dag.DagBench(workdir / "dag", photos=large, size=args.size, spark=args.dag_spark) as bench:
             # A long-lived server is measured warm, as it runs day to day: one small run first
             # starts its Python workers and their imports (reported, not fitted).
@@ -224,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_spark(args: argparse.Namespace, results: dict[str, Any], images, model, weights: Path,
-              workdir: Path) -> None:
+              workdir: Path, inference: Callable[[], float] | None = None) -> None:
     print("B/C. Spark", flush=True)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # workers run this venv's Python
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
@@ -244,11 +245,8 @@ def run_spark(args: argparse.Namespace, results: dict[str, Any], images, model, 
         state, meta = weights.read_bytes(), asdict(read_meta(weights))
         if "A" not in results:
             raise SystemExit("B and C compare with A: run A too (--parts ABC)")
-        from benchmarks import engine
-
         results["B"] = spark_stage.run_b(spark, model, state, meta, images, workdir / "spark", args.tile,
-                                         rounds=args.rounds,
-                                         backend=engine.probe(model, images, args.threads))
+                                         rounds=args.rounds, backend=inference)
         results["C"] = spark_stage.run_c(spark, state, meta, images[: args.seed_images], workdir / "spark",
                                          partitions=results["B"]["partitions"])
     finally:
