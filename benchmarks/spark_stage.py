@@ -57,7 +57,7 @@ def write_tiles(images: list[Image], path: Path, tile: int, halo: int, per_file:
 
 def stitch_from(path: Path, image: Image, scale: int) -> np.ndarray:
     table = pq.read_table(path, filters=[("image_id", "=", image.image_id)])
-    cores = [(r["y"], r["x"], tiling.decode_pixels(r["pixels"], r["sr_h"], r["sr_w"]))
+    cores = [(r["y"], r["x"], tiling.decode_sr_pixels(r["pixels"], r["sr_h"], r["sr_w"]))
              for r in table.to_pylist()]
     h, w = image.rgb.shape[:2]
     return tiling.stitch(cores, h, w, scale) * UNIT

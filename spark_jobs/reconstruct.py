@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if image.empty:
                     raise ValueError(f"SR tiles for unknown image {tiles['image_id'].iloc[0]!r}")
                 row = image.iloc[0].to_dict()
-                cores = [(int(t.y), int(t.x), tiling.decode_pixels(t.pixels, int(t.sr_h), int(t.sr_w)))
+                cores = [(int(t.y), int(t.x), tiling.decode_sr_pixels(t.pixels, int(t.sr_h), int(t.sr_w)))
                          for t in tiles.itertuples()]
                 return pd.DataFrame([reconstruct_image(row, cores, scale, max_pixels)])
 

@@ -132,16 +132,35 @@ class Tile:
         )
 
 
-def decode_pixels(buf: bytes, height: int, width: int) -> np.ndarray:
-    """float32 bytes (little-endian) -> HxW array, checking the length."""
-    arr = np.frombuffer(buf, dtype="<f4")
+def decode_pixels(buf: bytes, height: int, width: int, dtype: str = "<f4") -> np.ndarray:
+    """Little-endian ``dtype`` bytes -> HxW float32 array, checking the length."""
+    arr = np.frombuffer(buf, dtype=dtype)
     if arr.size != height * width:
         raise ValueError(f"pixel buffer holds {arr.size} values, expected {height}x{width}")
     return arr.reshape(height, width).astype(np.float32, copy=False)
 
 
-def encode_pixels(arr: np.ndarray) -> bytes:
-    return np.ascontiguousarray(arr, dtype="<f4").tobytes()
+def encode_pixels(arr: np.ndarray, dtype: str = "<f4") -> bytes:
+    return np.ascontiguousarray(arr, dtype=dtype).tobytes()
+
+
+# SR tiles (inference -> reconstruct) are stored as float16: half the bytes Spark moves
+# and stores for them (the inference job's JVM spent a quarter less CPU per megapixel;
+# benchmarks/README.md, session 16).  Y in [0, 1] keeps 11 significant bits, an error
+# of at most 0.06 of a uint8 level, so the stitched output stays within 1 level of
+# float32's (the contract every backend meets); NaN and inf survive for the quality gate.
+SR_DTYPE = "<f2"
+
+
+def encode_sr_pixels(arr: np.ndarray) -> bytes:
+    """An SR core (float32, network units) as the bytes the ``sr_tiles`` dataset stores."""
+    with np.errstate(over="ignore"):  # beyond float16's range is inf, which the tile's stats count
+        return encode_pixels(arr, SR_DTYPE)
+
+
+def decode_sr_pixels(buf: bytes, height: int, width: int) -> np.ndarray:
+    """``sr_tiles`` bytes -> the HxW float32 core."""
+    return decode_pixels(buf, height, width, SR_DTYPE)
 
 
 def reflect_pad(plane: np.ndarray, halo: int) -> np.ndarray:

@@ -105,10 +105,24 @@ def test_spark_inference_records_match_across_backends() -> None:
     for fast, eager in zip(out["fast"], out["eager"], strict=True):
         assert (fast["row"], fast["col"], fast["sr_h"], fast["sr_w"]) == (
             eager["row"], eager["col"], eager["sr_h"], eager["sr_w"])
-        a = tiling.decode_pixels(fast["pixels"], fast["sr_h"], fast["sr_w"])
-        b = tiling.decode_pixels(eager["pixels"], eager["sr_h"], eager["sr_w"])
-        assert np.abs(a - b).max() * 255 < 1e-2
+        a = tiling.decode_sr_pixels(fast["pixels"], fast["sr_h"], fast["sr_w"])
+        b = tiling.decode_sr_pixels(eager["pixels"], eager["sr_h"], eager["sr_w"])
+        # Stored as float16: equal to float16's rounding (one step is 2**-11 on [0.5, 1)).
+        np.testing.assert_allclose(a, b, rtol=2.0**-10, atol=2.0**-14)
     assert pa.RecordBatch.from_pylist(out["fast"]).num_rows == len(tiles)
+
+
+def test_sr_tile_stats_are_of_the_values_stored() -> None:
+    """A value float16 cannot hold is stored as inf, and the tile says so (the quality gate reads it)."""
+    plane = np.random.default_rng(5).uniform(0, 1, size=(20, 20)).astype(np.float32)
+    _, tiles = tiling.split(plane, "img", 20, halo=8)
+    model = random_upscaler(2, seed=1).model
+    with torch.no_grad():
+        model.deconv.bias.fill_(1e6)  # far beyond float16's largest finite value, 65504
+    (rec,) = infer_records([t.to_record() for t in tiles], Upscaler(model, backend="eager"))
+    assert rec["nonfinite"] == rec["sr_h"] * rec["sr_w"] == 40 * 40
+    assert np.isnan(rec["min"]) and np.isnan(rec["max"])
+    assert np.isinf(tiling.decode_sr_pixels(rec["pixels"], 40, 40)).all()
 
 
 def test_worker_upscaler_takes_the_backend() -> None:

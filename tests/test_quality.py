@@ -73,7 +73,7 @@ def make_day() -> dict[str, Any]:
             sr_rows.append({
                 "image_id": image_id, "row": t.row, "col": t.col, "y": t.y, "x": t.x, "h": t.h, "w": t.w,
                 "scale": SCALE, "sr_h": t.h * SCALE, "sr_w": t.w * SCALE,
-                "pixels": tiling.encode_pixels(core), "min": 0.5, "max": 0.5, "nonfinite": 0,
+                "pixels": tiling.encode_sr_pixels(core), "min": 0.5, "max": 0.5, "nonfinite": 0,
             })
         output_rows.append(output_row(image_id, h * SCALE, w * SCALE))
     image_rows.append({

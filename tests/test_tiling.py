@@ -98,6 +98,23 @@ def test_decode_pixels_checks_length() -> None:
         tiling.decode_pixels(b"\0" * 16, 3, 3)
 
 
+def test_sr_pixels_are_float16_within_a_fraction_of_a_level() -> None:
+    core = np.random.default_rng(3).uniform(-0.1, 1.1, size=(37, 29)).astype(np.float32)
+    core[0, :3] = [np.nan, np.inf, -np.inf]
+    buf = tiling.encode_sr_pixels(core)
+    assert len(buf) == core.size * 2  # half of float32's bytes
+    back = tiling.decode_sr_pixels(buf, 37, 29)
+    assert back.dtype == np.float32
+    assert np.isnan(back[0, 0]) and back[0, 1] == np.inf and back[0, 2] == -np.inf
+    ok = np.isfinite(core)
+    err = np.abs(back[ok] - core[ok])
+    assert err.max() <= 2.0**-11  # half a float16 step on [1, 2): 0.06 of a level at most
+    levels = np.abs(colour.to_uint8(back[ok] * 255).astype(int) - colour.to_uint8(core[ok] * 255).astype(int))
+    assert levels.max() <= 1
+    with pytest.raises(ValueError, match="expected 37x30"):
+        tiling.decode_sr_pixels(buf, 37, 30)
+
+
 @settings(max_examples=200, deadline=None)
 @given(h=st.integers(1, 3000), w=st.integers(1, 3000), tile=st.integers(1, 512))
 def test_balanced_tile_keeps_the_count_and_wastes_no_window(h: int, w: int, tile: int) -> None:

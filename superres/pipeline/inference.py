@@ -1,4 +1,4 @@
-"""Inference stage: tile rows -> SR core rows (Y in [0, 1], unclamped), batched, one model per worker.
+"""Inference stage: tile rows -> SR core rows (Y in [0, 1], unclamped, float16), batched, one model a worker.
 
 Spark hands each Python worker Arrow record batches (``mapInArrow``); tiles of
 one window shape are stacked and run through FSRCNN as one forward pass.  The
@@ -60,11 +60,13 @@ def infer_records(records: list[dict[str, Any]], up: Upscaler) -> list[dict[str,
     for group in by_shape.values():
         for t, sr in zip(group, up.run_windows([t.pixels for t in group], unit=True), strict=True):
             core = tiling.crop_core(t, sr, s)
-            finite = np.isfinite(core)
+            pixels = tiling.encode_sr_pixels(core)
+            # Stats of the values as stored: a float32 beyond float16's range is inf there.
+            finite = np.isfinite(np.frombuffer(pixels, tiling.SR_DTYPE)).reshape(core.shape)
             out.append({
                 "image_id": t.image_id, "row": t.row, "col": t.col, "y": t.y, "x": t.x,
                 "h": t.h, "w": t.w, "scale": s, "sr_h": core.shape[0], "sr_w": core.shape[1],
-                "pixels": tiling.encode_pixels(core),
+                "pixels": pixels,
                 "min": float(core[finite].min()) if finite.any() else float("nan"),
                 "max": float(core[finite].max()) if finite.any() else float("nan"),
                 "nonfinite": int((~finite).sum()),

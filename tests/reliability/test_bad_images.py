@@ -48,7 +48,7 @@ def process_like_spark(image_id: str, data: bytes, s: Settings, up: Upscaler) ->
     if row["status"] != "ok":
         return row
     sr_tiles = inference.infer_records(split.tiles_of(row), up)
-    cores = [(t["y"], t["x"], tiling.decode_pixels(t["pixels"], t["sr_h"], t["sr_w"])) for t in sr_tiles]
+    cores = [(t["y"], t["x"], tiling.decode_sr_pixels(t["pixels"], t["sr_h"], t["sr_w"])) for t in sr_tiles]
     out = reconstruct.reconstruct_image(row, cores, s.scale)
     scored = evaluate.evaluate_row({"image_id": image_id, "png": out["png"], "lr_png": row["lr_png"],
                                     "hr": data}, s.mode, s.scale)
