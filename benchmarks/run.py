@@ -4,7 +4,7 @@
                              [--dag-n 16 64] [--skip-dag] [--inputs photos|random] [--out FILE]
 
 A  engine: whole-image FSRCNN x2, PyTorch eager vs the project's backend (this process, all cores)
-B  Spark inference stage (tiles Parquet -> mapInArrow FSRCNN -> Parquet) vs A's backend
+B  Spark inference stage (tiles Parquet -> mapInArrow FSRCNN -> Parquet) vs A's backend, 16 and 64 images
 C  the seed design (per-row UDF on 16x16 patches, model rebuilt per call) vs B
 D  superres_daily end to end at two N (upscale, 512x512): fixed overhead and marginal cost
 E  peak RSS of the Spark driver (JVM + Python) and the Python workers during D
@@ -21,7 +21,6 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +40,10 @@ TARGETS = {  # headline key -> (comparison, threshold) from issue #6
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", type=int, default=16, help="images for A and B (default 16)")
+    p.add_argument("--images", type=int, default=16, help="images for A (default 16)")
+    p.add_argument("--spark-images", type=int, nargs="+", default=(16, 64), metavar="N",
+                   help="B: the Spark stage at each of these batch sizes; the largest is the headline "
+                        "(default 16 64, D's two N)")
     p.add_argument("--ablation-images", type=int, default=4, help="images for A's per-idea rows")
     p.add_argument("--size", type=int, default=512, help="LR image side in pixels (default 512)")
     p.add_argument("--seed-images", type=int, default=2, help="images for C, the slow seed design")
@@ -110,11 +112,19 @@ def table(results: dict[str, Any], head: dict[str, Any], ok: dict[str, Any]) -> 
         add("A", "project backend `fast` (MP/s)", None, a["fast_mp_s"], "{:.3f}")
         add("A", "speed-up vs eager", "engine_speedup_vs_eager", head["engine_speedup_vs_eager"])
     if b:
-        add("B", f"Spark inference stage, warm (MP/s; cold {b['spark_cold_mp_s']:.3f})", None,
-            b["spark_mp_s"], "{:.3f}")
+        for n, sub in b.get("by_images", {}).items():
+            if int(n) != b["images"]:
+                add("B", f"{n} images: Spark {sub['spark_mp_s']:.3f} MP/s, single process "
+                    f"{sub['backend_mp_s']:.3f}; ratio", None, sub["ratio"])
+        add("B", f"Spark inference stage, {b['images']} images, warm (MP/s; cold {b['spark_cold_mp_s']:.3f})",
+            None, b["spark_mp_s"], "{:.3f}")
         if b.get("backend_mp_s"):
             add("B", "single-process backend, rounds between B's (MP/s)", None, b["backend_mp_s"], "{:.3f}")
         add("B", "Spark / single-process backend", "spark_vs_single_process", head["spark_vs_single_process"])
+        if b.get("stage_fit"):
+            sf = b["stage_fit"]
+            add("B", "Spark job's fixed cost, intercept over batch sizes (s)", None, sf["fixed_s"], "{:.2f}")
+            add("B", "marginal Spark throughput / single process", None, sf["marginal_vs_single_process"])
     if c:
         add("C", "seed per-row UDF, 16x16 patches (MP/s)", None, c["seed_mp_s"], "{:.4f}")
         add("C", "Spark stage / seed design", "speedup_vs_seed_per_row", head["speedup_vs_seed_per_row"])
@@ -194,15 +204,15 @@ def main(argv: list[str] | None = None) -> int:
         print("A. engine", flush=True)
         results["A"] = engine.run(model, images, rounds=args.rounds, ablation=not args.no_ablation,
                                   threads=args.threads, ablation_images=args.ablation_images)
-    # One round of A's backend, timed again beside B's and D's runs (the machine's speed drifts).
-    inference = engine.probe(model, images, args.threads) if parts & set("BCDE") else None
     if parts & set("BC"):
-        run_spark(args, results, images, model, weights, workdir, inference)
+        run_spark(args, results, images, model, weights, workdir)
     if parts & set("DE"):
         print("D/E. superres_daily end to end", flush=True)
         from benchmarks import dag
 
         small, large = sorted(args.dag_n)
+        # One round of A's backend, timed again beside each run (the machine's speed drifts).
+        inference = engine.probe(model, images, args.threads)
         with dag.DagBench(workdir / "dag", photos=large, size=args.size, spark=args.dag_spark) as bench:
             # A long-lived server is measured warm, as it runs day to day: one small run first
             # starts its Python workers and their imports (reported, not fitted).
@@ -225,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_spark(args: argparse.Namespace, results: dict[str, Any], images, model, weights: Path,
-              workdir: Path, inference: Callable[[], float] | None = None) -> None:
+              workdir: Path) -> None:
     print("B/C. Spark", flush=True)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # workers run this venv's Python
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
@@ -245,12 +255,36 @@ def run_spark(args: argparse.Namespace, results: dict[str, Any], images, model, 
         state, meta = weights.read_bytes(), asdict(read_meta(weights))
         if "A" not in results:
             raise SystemExit("B and C compare with A: run A too (--parts ABC)")
-        results["B"] = spark_stage.run_b(spark, model, state, meta, images, workdir / "spark", args.tile,
-                                         rounds=args.rounds, backend=inference)
+        results["B"] = run_b_sizes(args, spark, model, state, meta, workdir / "spark")
         results["C"] = spark_stage.run_c(spark, state, meta, images[: args.seed_images], workdir / "spark",
                                          partitions=results["B"]["partitions"])
     finally:
         spark.stop()
+
+
+def run_b_sizes(args: argparse.Namespace, spark, model, state: bytes, meta: dict[str, Any],
+                workdir: Path) -> dict[str, Any]:
+    """B at each ``--spark-images`` batch size, each against A's backend on the same images.
+
+    A Spark job has a fixed cost (planning, task launch, the commit) that a batch of 16
+    images no longer hides on a machine fast at the model; D's N are 16 and 64, so B is
+    taken at both and the two give the stage's fixed cost and its marginal throughput.
+    The headline is the largest batch, the size the daily run is measured at in D.
+    """
+    from benchmarks import engine, spark_stage
+
+    sizes = sorted(set(args.spark_images))
+    pool = common.make_images(sizes[-1], args.size, args.inputs)
+    by_n: dict[int, dict[str, Any]] = {}
+    for n in sizes:
+        print(f"  B at {n} images", flush=True)
+        images = pool[:n]
+        by_n[n] = spark_stage.run_b(spark, model, state, meta, images, workdir, args.tile, rounds=args.rounds,
+                                    backend=engine.probe(model, images, args.threads))
+    out = {**by_n[sizes[-1]], "by_images": {str(n): spark_stage.summary(b) for n, b in by_n.items()}}
+    if len(sizes) > 1:
+        out["stage_fit"] = spark_stage.stage_fit(by_n[sizes[0]], by_n[sizes[-1]])
+    return out
 
 
 def finish(args: argparse.Namespace, results: dict[str, Any], t_start: float) -> int:

@@ -104,7 +104,7 @@ def run_b(spark, model, state: bytes, meta: dict[str, Any], images: list[Image],
                                         - colour.to_uint8(got).astype(int)).max()))
     conf = spark.sparkContext.getConf()
     return {
-        "images": len(images), "tiles": n_tiles, "tile": tile, "rounds": rounds,
+        "images": len(images), "megapixels": mp, "tiles": n_tiles, "tile": tile, "rounds": rounds,
         "spark_mp_s": median(rates), "spark_mp_s_rounds": rates, "spark_cold_mp_s": mp / cold,
         "backend_mp_s": median(backend_rates) if backend_rates else None,
         "backend_mp_s_rounds": backend_rates,
@@ -114,6 +114,31 @@ def run_b(spark, model, state: bytes, meta: dict[str, Any], images: list[Image],
         "threads_per_worker": info["threads"], "backend": info["backend"],
         "arrow_max_records_per_batch": spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch"),
     }
+
+
+def ratio(b: dict[str, Any]) -> float | None:
+    """B's figure: the warm Spark stage over A's backend timed between its rounds."""
+    return b["spark_mp_s"] / b["backend_mp_s"] if b.get("backend_mp_s") else None
+
+
+def summary(b: dict[str, Any]) -> dict[str, Any]:
+    """One batch size's B, for ``B.by_images``."""
+    keys = ("images", "megapixels", "spark_mp_s", "spark_mp_s_rounds", "backend_mp_s",
+            "backend_mp_s_rounds", "cold_s")
+    return {**{k: b[k] for k in keys}, "ratio": ratio(b)}
+
+
+def stage_fit(small: dict[str, Any], large: dict[str, Any]) -> dict[str, Any]:
+    """The stage's seconds against its LR megapixels at two batch sizes: the fixed cost of a
+    Spark job (intercept) and the throughput of one more megapixel (1 / slope)."""
+    (m1, t1), (m2, t2) = ((b["megapixels"], b["megapixels"] / b["spark_mp_s"]) for b in (small, large))
+    if m2 <= m1:
+        raise ValueError("the stage fit needs two different batch sizes")
+    slope = (t2 - t1) / (m2 - m1)
+    marginal = 1 / slope if slope > 0 else None
+    backend = large.get("backend_mp_s")
+    return {"fixed_s": t1 - slope * m1, "marginal_mp_s": marginal,
+            "marginal_vs_single_process": marginal / backend if marginal and backend else None}
 
 
 def write_patches(images: list[Image], path: Path) -> int:
