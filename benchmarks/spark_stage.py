@@ -14,6 +14,7 @@ model from the broadcast weights on every call.  Same session, same cores.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -63,6 +64,26 @@ def stitch_from(path: Path, image: Image, scale: int) -> np.ndarray:
     return tiling.stitch(cores, h, w, scale) * UNIT
 
 
+def tree_cpu_s() -> dict[str, float]:
+    """CPU-seconds so far of this process (B's driver) and its children, by role.
+
+    The children are the gateway JVM and, under it, the Python workers, which live
+    from round to round (``spark.python.worker.reuse``), so differences are per round.
+    """
+    import psutil
+
+    from benchmarks.dag import classify
+
+    me = psutil.Process()
+    out = {"python_driver": sum(me.cpu_times()[:2]), "jvm": 0.0, "python_workers": 0.0}
+    for p in me.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            role = classify(p)
+            if role in out:
+                out[role] += sum(p.cpu_times()[:2])
+    return out
+
+
 def run_b(spark, model, state: bytes, meta: dict[str, Any], images: list[Image], workdir: Path,
           tile: int, rounds: int = 3, backend: Callable[[], float] | None = None) -> dict[str, Any]:
     """B's rounds; ``backend`` (:func:`benchmarks.engine.probe`) times A's backend after each one.
@@ -79,9 +100,12 @@ def run_b(spark, model, state: bytes, meta: dict[str, Any], images: list[Image],
 
     cold, info = timed(stage)
     print(f"  B spark cold (starts workers) {mp / cold:.3f} MP/s", flush=True)
-    rates, backend_rates = [], []
+    rates, backend_rates, cpu_rounds = [], [], []
     for _ in range(rounds):
+        before = tree_cpu_s()
         seconds, _ = timed(stage)
+        after = tree_cpu_s()
+        cpu_rounds.append({k: round((after[k] - before[k]) / mp, 3) for k in after})
         rates.append(mp / seconds)
         print(f"  B spark warm {rates[-1]:.3f} MP/s", flush=True)
         if backend is not None:
@@ -108,6 +132,9 @@ def run_b(spark, model, state: bytes, meta: dict[str, Any], images: list[Image],
         "spark_mp_s": median(rates), "spark_mp_s_rounds": rates, "spark_cold_mp_s": mp / cold,
         "backend_mp_s": median(backend_rates) if backend_rates else None,
         "backend_mp_s_rounds": backend_rates,
+        # Core-seconds per LR MP of each warm round by role: what Spark adds beside the model.
+        "cpu_s_per_mp_rounds": cpu_rounds,
+        "cpu_s_per_mp": {k: median([r[k] for r in cpu_rounds]) for k in cpu_rounds[0]} if cpu_rounds else {},
         "cold_s": cold, "same_tiles_in_process_mp_s": mp / in_proc,
         "max_uint8_diff_vs_whole_image": levels,
         "master": conf.get("spark.master"), "partitions": info["partitions"],
@@ -124,7 +151,7 @@ def ratio(b: dict[str, Any]) -> float | None:
 def summary(b: dict[str, Any]) -> dict[str, Any]:
     """One batch size's B, for ``B.by_images``."""
     keys = ("images", "megapixels", "spark_mp_s", "spark_mp_s_rounds", "backend_mp_s",
-            "backend_mp_s_rounds", "cold_s")
+            "backend_mp_s_rounds", "cold_s", "cpu_s_per_mp")
     return {**{k: b[k] for k in keys}, "ratio": ratio(b)}
 
 

@@ -48,7 +48,8 @@ def test_memory_ratio_compares_each_n_at_its_highest_peak() -> None:
 
 def b_run(n: int, seconds: float, backend_mp_s: float) -> dict[str, Any]:
     return {"images": n, "megapixels": MP[n], "spark_mp_s": MP[n] / seconds, "spark_mp_s_rounds": [],
-            "backend_mp_s": backend_mp_s, "backend_mp_s_rounds": [], "cold_s": 9.0}
+            "backend_mp_s": backend_mp_s, "backend_mp_s_rounds": [], "cold_s": 9.0,
+            "cpu_s_per_mp": {"jvm": 0.2}}
 
 
 def test_b_stage_fit_splits_the_job_fixed_cost_from_the_throughput() -> None:
