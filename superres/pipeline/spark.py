@@ -286,10 +286,10 @@ def num_partitions(df) -> int:
 
 
 # Parquet codec of each staging dataset.  Photos and PNGs (images, outputs, evaluated) are
-# compressed already and float32 network output (sr_tiles) barely compresses: at N = 64,
-# zstd left outputs at 82 MB and took sr_tiles from 259 to 218 MB, for 40-60 % more JVM
-# CPU per write than none (benchmarks/README.md, session 14).  The input tiles, Y values
-# derived from 8-bit pixels, halve with zstd, so they keep it.
+# compressed already and network output (sr_tiles, float16 since session 16) barely
+# compresses: at N = 64, zstd left outputs at 82 MB and took the float32 sr_tiles from 259
+# to 218 MB, for 40-60 % more JVM CPU per write than none (benchmarks/README.md, session 14).
+# The input tiles, Y values derived from 8-bit pixels, halve with zstd, so they keep it.
 STAGING_CODECS = {"images": "none", "tiles": "zstd", "sr_tiles": "none", "outputs": "none",
                   "evaluated": "none", "metrics": "zstd"}
 
