@@ -137,7 +137,7 @@ def run_b(spark, model, state: bytes, meta: dict[str, Any], images: list[Image],
         "cpu_s_per_mp": {k: median([r[k] for r in cpu_rounds]) for k in cpu_rounds[0]} if cpu_rounds else {},
         "cold_s": cold, "same_tiles_in_process_mp_s": mp / in_proc,
         "max_uint8_diff_vs_whole_image": levels,
-        "master": conf.get("spark.master"), "partitions": info["partitions"],
+        "master": conf.get("spark.master"), "partitions": info["partitions"], "shuffled": info["shuffled"],
         "threads_per_worker": info["threads"], "backend": info["backend"],
         "arrow_max_records_per_batch": spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch"),
     }
