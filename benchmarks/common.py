@@ -68,6 +68,12 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - t0, result
 
 
+def two_point_line(x1: float, y1: float, x2: float, y2: float) -> tuple[float, float]:
+    """(intercept, slope) of the line through two points: fixed cost and marginal cost."""
+    slope = (y2 - y1) / (x2 - x1)
+    return y1 - slope * x1, slope
+
+
 def median(values: list[float]) -> float:
     return float(np.median(values)) if values else float("nan")
 

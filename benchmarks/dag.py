@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import make_images
+from benchmarks.common import make_images, two_point_line
 
 STAGES = ("fetch", "split", "inference", "reconstruct", "quality", "evaluate", "notify")
 ROLES = ("jvm", "python_driver", "python_workers", "airflow")
@@ -354,8 +354,7 @@ def fit(runs: list[dict[str, Any]], fast_mp_s: float, cores: int = 0) -> dict[st
     d_mp = large["megapixels"] - small["megapixels"]
 
     def line(a: float, b: float) -> tuple[float, float]:
-        slope = (b - a) / d_mp
-        return a - slope * small["megapixels"], slope
+        return two_point_line(small["megapixels"], a, large["megapixels"], b)
 
     fixed, slope = line(small["wall_s"], large["wall_s"])
     stages = {}

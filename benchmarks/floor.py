@@ -16,12 +16,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
 from benchmarks.common import Image, jpeg_bytes
 from superres import images as codec
 from superres.engine import Upscaler, assemble, luma
-from superres.pipeline.evaluate import COMPARE_CROP, bicubic_image, side_by_side, texture_window
+from superres.pipeline.evaluate import bicubic_image, upscale_comparison
 
 
 def cpu_s(fn: Callable[[], Any], rounds: int = 3) -> float:
@@ -32,15 +30,6 @@ def cpu_s(fn: Callable[[], Any], rounds: int = 3) -> float:
         fn()
         best = min(best, time.process_time() - start)
     return best
-
-
-def compare_strip(lr: np.ndarray, bicubic: np.ndarray, sr: np.ndarray, scale: int) -> bytes:
-    """Upscale mode's bicubic | SR strip, as the evaluate stage cuts it."""
-    top, left, _, _ = texture_window(luma(lr), -(-COMPARE_CROP // scale))
-    top, left = top * scale, left * scale
-    h, w = sr.shape[:2]
-    window = (top, left, min(COMPARE_CROP, h - top), min(COMPARE_CROP, w - left))
-    return codec.encode_png(side_by_side([bicubic, sr], window))
 
 
 def run(up: Upscaler, photos: list[Image], model_cpu_s_per_mp: float, rounds: int = 3) -> dict[str, Any]:
@@ -63,7 +52,7 @@ def run(up: Upscaler, photos: list[Image], model_cpu_s_per_mp: float, rounds: in
         "sr_png": lambda: [codec.encode_png(sr) for sr in srs],
         "bicubic": lambda: [bicubic_image(lr, s) for lr in lrs],
         "bicubic_png": lambda: [codec.encode_png(b) for b in bicubics],
-        "compare_png": lambda: [compare_strip(lr, b, sr, s)
+        "compare_png": lambda: [codec.encode_png(upscale_comparison(lr, b, sr, s))
                                 for lr, b, sr in zip(lrs, bicubics, srs, strict=True)],
     }
     per_mp = {name: cpu_s(fn, rounds) / mp for name, fn in steps.items()}

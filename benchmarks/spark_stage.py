@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from benchmarks.common import Image, median, timed
+from benchmarks.common import Image, median, timed, two_point_line
 from superres import colour, tiling
 from superres.engine import UNIT, Upscaler, luma
 from superres.pipeline.inference import run_stage
@@ -161,10 +161,10 @@ def stage_fit(small: dict[str, Any], large: dict[str, Any]) -> dict[str, Any]:
     (m1, t1), (m2, t2) = ((b["megapixels"], b["megapixels"] / b["spark_mp_s"]) for b in (small, large))
     if m2 <= m1:
         raise ValueError("the stage fit needs two different batch sizes")
-    slope = (t2 - t1) / (m2 - m1)
+    fixed, slope = two_point_line(m1, t1, m2, t2)
     marginal = 1 / slope if slope > 0 else None
     backend = large.get("backend_mp_s")
-    return {"fixed_s": t1 - slope * m1, "marginal_mp_s": marginal,
+    return {"fixed_s": fixed, "marginal_mp_s": marginal,
             "marginal_vs_single_process": marginal / backend if marginal and backend else None}
 
 

@@ -177,16 +177,23 @@ def upscale_artifacts(image_id: str, sr_png: bytes, lr_png: bytes, scale: int,
     want = (lr.shape[0] * scale, lr.shape[1] * scale)
     _check_size(image_id, "the SR output", sr, want, f"x{scale} the LR input")
     bicubic = bicubic_image(lr, scale)
-    # The window is found on the LR (scale^2 fewer pixels to scan than the bicubic image;
-    # the detail is the same) and mapped up, keeping COMPARE_CROP (or the image) as its size.
-    top, left, _, _ = texture_window(luma(lr), -(-COMPARE_CROP // scale))
-    top, left = top * scale, left * scale
-    window = (top, left, min(COMPARE_CROP, want[0] - top), min(COMPARE_CROP, want[1] - left))
     return {
         "image_id": image_id,
         "bicubic_png": images.encode_png(bicubic),
-        "compare_png": images.encode_png(side_by_side([bicubic, sr], window)),
+        "compare_png": images.encode_png(upscale_comparison(lr, bicubic, sr, scale)),
     }
+
+
+def upscale_comparison(lr: np.ndarray, bicubic: np.ndarray, sr: np.ndarray, scale: int) -> np.ndarray:
+    """Upscale mode's bicubic | SR strip of the most detailed window.
+
+    The window is found on the LR (scale^2 fewer pixels to scan than the bicubic image;
+    the detail is the same) and mapped up, keeping COMPARE_CROP (or the image) as its size.
+    """
+    top, left, _, _ = texture_window(luma(lr), -(-COMPARE_CROP // scale))
+    top, left = top * scale, left * scale
+    h, w = sr.shape[:2]
+    return side_by_side([bicubic, sr], (top, left, min(COMPARE_CROP, h - top), min(COMPARE_CROP, w - left)))
 
 
 def evaluate_row(row: Mapping[str, Any], mode: str, scale: int,

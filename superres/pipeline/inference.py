@@ -62,7 +62,7 @@ def infer_records(records: list[dict[str, Any]], up: Upscaler) -> list[dict[str,
             core = tiling.crop_core(t, sr, s)
             pixels = tiling.encode_sr_pixels(core)
             # Stats of the values as stored: a float32 beyond float16's range is inf there.
-            finite = np.isfinite(np.frombuffer(pixels, tiling.SR_DTYPE)).reshape(core.shape)
+            finite = np.isfinite(tiling.decode_sr_pixels(pixels, *core.shape))
             out.append({
                 "image_id": t.image_id, "row": t.row, "col": t.col, "y": t.y, "x": t.x,
                 "h": t.h, "w": t.w, "scale": s, "sr_h": core.shape[0], "sr_w": core.shape[1],
