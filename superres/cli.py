@@ -91,14 +91,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from superres.train import TrainConfig, train
+    from superres.train import Source, TrainConfig, train
 
+    try:
+        for spec in args.data:
+            Source.parse(spec)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     cfg = TrainConfig(
         data=args.data, scale=args.scale, out=args.out, val=args.val or [], steps=args.steps,
-        batch=args.batch, patch=args.patch, context=args.context, lr=args.lr, loss=args.loss, init=args.init,
+        batch=args.batch, patch=args.patch, context=args.context, lr=args.lr, lr_min=args.lr_min,
+        deconv_lr=args.deconv_lr, hold=args.hold, loss=args.loss, downscales=tuple(args.downscales),
+        holdout_seed=args.holdout_seed, subpixel=not args.no_subpixel, init=args.init,
         freeze_body=args.freeze_body, val_every=args.val_every, ckpt_every=args.ckpt_every,
-        seed=args.seed, threads=args.threads, device=args.device, workdir=args.workdir,
-        d=args.arch[0], s=args.arch[1], m=args.arch[2],
+        time_limit_s=args.time_limit, seed=args.seed, threads=args.threads, device=args.device,
+        workdir=args.workdir, d=args.arch[0], s=args.arch[1], m=args.arch[2],
     )
     summary = train(cfg, log=lambda msg: print(msg, flush=True))
     print(json.dumps(summary))
@@ -110,7 +118,8 @@ def cmd_refit(args: argparse.Namespace) -> int:
 
     cfg = RefitConfig(
         data=args.data, scale=args.scale, init=args.init, out=args.out, val=args.val or [],
-        lams=tuple(args.lam), fraction=args.fraction, downscales=tuple(args.downscales),
+        holdout_seed=args.holdout_seed, lams=tuple(args.lam), fraction=args.fraction,
+        downscales=tuple(args.downscales),
         weighted=not args.unweighted, seed=args.seed, threads=args.threads,
     )
     summary = refit(cfg, log=lambda msg: print(msg, flush=True))
@@ -145,33 +154,54 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=cmd_evaluate)
 
     tr = sub.add_parser("train", help="train FSRCNN weights")
-    tr.add_argument("--data", nargs="+", required=True)
+    tr.add_argument("--data", nargs="+", required=True, metavar="DIR[:key=value...]",
+                    help="training folders, each optionally with :weight=W (share of patches, times its "
+                         "pixels), :downscales=a,b (its augmentation) and :holdout=N (images kept out "
+                         "of training to validate it)")
     common(tr)
     tr.add_argument("--out", required=True, help="weights path, e.g. include/models/fsrcnn_x2.pt")
-    tr.add_argument("--val", nargs="*", default=None)
+    tr.add_argument("--val", nargs="*", default=None,
+                    help="extra validation folders (keep the reported test sets out of them)")
     tr.add_argument("--arch", type=int, nargs=3, default=(56, 12, 4), metavar=("D", "S", "M"))
-    tr.add_argument("--steps", type=int, default=100_000)
-    tr.add_argument("--batch", type=int, default=64)
-    tr.add_argument("--patch", type=int, default=24, help="LR patch side the loss covers")
-    tr.add_argument("--context", type=int, default=0,
-                    help="LR pixels of real image around each patch, outside the loss (8 = x2's halo)")
+    tr.add_argument("--steps", type=int, default=1_000_000)
+    tr.add_argument("--batch", type=int, default=16)
+    tr.add_argument("--patch", type=int, default=0,
+                    help="LR patch side the loss covers (0: 10 / 7 / 6 at x2 / x3 / x4)")
+    tr.add_argument("--context", type=int, default=None,
+                    help="LR pixels of real image around each patch, outside the loss "
+                         "(default: the model's halo, 8 / 8 / 7 at x2 / x3 / x4)")
     tr.add_argument("--lr", type=float, default=1e-3)
+    tr.add_argument("--lr-min", type=float, default=1e-5, help="the rate at the end of the decay")
+    tr.add_argument("--deconv-lr", type=float, default=0.1,
+                    help="the deconvolution's rate as a multiple of --lr")
+    tr.add_argument("--hold", type=float, default=0.8,
+                    help="share of the steps at the constant rate before its one decay")
+    tr.add_argument("--downscales", type=float, nargs="+", default=[1.0, 0.9, 0.8, 0.7, 0.6],
+                    help="downscaled copies of each image (a source's :downscales= overrides)")
+    tr.add_argument("--holdout-seed", type=int, default=0, help="fixes which images are held out")
+    tr.add_argument("--no-subpixel", action="store_true",
+                    help="train the deconvolution as ConvTranspose2d rather than its sub-pixel form")
     tr.add_argument("--loss", choices=("l1", "mse"), default="l1")
     tr.add_argument("--init", default=None, help="weights to fine-tune from")
     tr.add_argument("--freeze-body", action="store_true")
-    tr.add_argument("--val-every", type=int, default=2000)
-    tr.add_argument("--ckpt-every", type=int, default=1000)
+    tr.add_argument("--val-every", type=int, default=5000)
+    tr.add_argument("--ckpt-every", type=int, default=5000)
+    tr.add_argument("--time-limit", type=float, default=0.0,
+                    help="seconds of wall time after which the run validates, checkpoints and stops "
+                         "(resume continues it); 0: none")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--workdir", default=".train", help="where checkpoints go (resume reads them)")
     tr.set_defaults(func=cmd_train)
 
     rf = sub.add_parser("refit", help="solve trained weights' deconvolution for mean PSNR (closed form)")
-    rf.add_argument("--data", nargs="+", required=True)
+    rf.add_argument("--data", nargs="+", required=True, metavar="DIR[:key=value...]",
+                    help="training folders as for train; their :holdout= images choose lam")
     rf.add_argument("--scale", type=int, choices=SCALES, required=True)
     rf.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores); runs on CPU")
     rf.add_argument("--init", required=True, help="trained weights whose deconvolution is refitted")
     rf.add_argument("--out", required=True, help="weights path to write (.pt + .json)")
-    rf.add_argument("--val", nargs="*", default=None, help="validation folders: the best lam on them is kept")
+    rf.add_argument("--val", nargs="*", default=None, help="extra validation folders for choosing lam")
+    rf.add_argument("--holdout-seed", type=int, default=0, help="fixes which images are held out")
     rf.add_argument("--lam", type=float, nargs="+", default=[1e-5, 1e-4, 1e-3],
                     help="proximal weights to try, relative to the normal matrix's mean diagonal")
     rf.add_argument("--fraction", type=float, default=0.25, help="share of each image's LR pixels fitted")

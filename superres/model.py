@@ -79,6 +79,42 @@ def deconv_taps(k: int, s: int, p: int) -> tuple[dict[int, list[int]], int]:
     return taps, reach
 
 
+def subpixel_index(deconv: nn.ConvTranspose2d) -> tuple[torch.Tensor, int]:
+    """Where each tap of the deconvolution's sub-pixel kernel comes from.
+
+    Returns ``(index [c*s*s, C, K, K], reach)``: ``index`` holds the flat position in
+    ``deconv.weight`` of every sub-pixel tap, or ``deconv.weight.numel()`` (one past
+    the end, a zero) where a phase has fewer taps.  Gathering with it
+    (:func:`subpixel_weight`) is differentiable, so training can run the fast form.
+    """
+    c_in, c_out, k, k2 = deconv.weight.shape
+    s, p = deconv.stride[0], deconv.padding[0]
+    if (k, s, p) != (k2, deconv.stride[1], deconv.padding[1]) or deconv.output_padding != (s - 1, s - 1):
+        raise ValueError("only square kernels with output_padding = stride - 1 are supported")
+    if deconv.groups != 1 or deconv.dilation != (1, 1):
+        raise ValueError("groups and dilation are not supported")
+    taps, reach = deconv_taps(k, s, p)
+    size = 2 * reach + 1
+    zero = c_in * c_out * k * k
+    index = torch.full((c_out * s * s, c_in, size, size), zero, dtype=torch.long)
+    ci = torch.arange(c_in)
+    for co in range(c_out):
+        for ry in range(s):
+            for rx in range(s):
+                oc = (co * s + ry) * s + rx  # pixel_shuffle's channel order
+                for jy in taps[ry]:
+                    for jx in taps[rx]:
+                        ky, kx = s * jy + ry + p, s * jx + rx + p
+                        index[oc, :, reach - jy, reach - jx] = ((ci * c_out + co) * k + ky) * k + kx
+    return index, reach
+
+
+def subpixel_weight(weight: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """The sub-pixel kernel gathered from a deconvolution weight (gradients flow back to it)."""
+    flat = torch.cat([weight.reshape(-1), weight.new_zeros(1)])
+    return flat[index]
+
+
 def subpixel_deconv(deconv: nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor, int]:
     """The exact Conv2d + PixelShuffle form of FSRCNN's transposed convolution.
 
@@ -93,25 +129,34 @@ def subpixel_deconv(deconv: nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Ten
 
     Returns ``(weight [c*s*s, C, K, K], bias [c*s*s], padding)``.
     """
-    w = deconv.weight.detach()  # C_in x C_out x k x k
-    c_in, c_out, k, k2 = w.shape
-    s, p = deconv.stride[0], deconv.padding[0]
-    if (k, s, p) != (k2, deconv.stride[1], deconv.padding[1]) or deconv.output_padding != (s - 1, s - 1):
-        raise ValueError("only square kernels with output_padding = stride - 1 are supported")
-    if deconv.groups != 1 or deconv.dilation != (1, 1):
-        raise ValueError("groups and dilation are not supported")
-    taps, reach = deconv_taps(k, s, p)
-    size = 2 * reach + 1
-    weight = torch.zeros(c_out * s * s, c_in, size, size, dtype=w.dtype, device=w.device)
-    for co in range(c_out):
-        for ry in range(s):
-            for rx in range(s):
-                oc = (co * s + ry) * s + rx  # pixel_shuffle's channel order
-                for jy in taps[ry]:
-                    for jx in taps[rx]:
-                        weight[oc, :, reach - jy, reach - jx] = w[:, co, s * jy + ry + p, s * jx + rx + p]
+    index, reach = subpixel_index(deconv)
+    s = deconv.stride[0]
+    weight = subpixel_weight(deconv.weight.detach(), index)
     bias = deconv.bias.detach().repeat_interleave(s * s) if deconv.bias is not None else None
     return weight, bias, reach
+
+
+class SubpixelForward:
+    """An :class:`FSRCNN`'s forward pass with its deconvolution run in sub-pixel form.
+
+    The same function as ``model(x)``, differentiable with respect to the model's own
+    parameters (the stored format stays the ``ConvTranspose2d``), and cheaper on CPU,
+    where oneDNN runs a small Conv2d faster than a strided transposed convolution.
+    """
+
+    def __init__(self, model: FSRCNN) -> None:
+        self.model = model
+        self.index, self.reach = subpixel_index(model.deconv)
+        self.scale = model.spec.scale
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        dc = self.model.deconv
+        weight = subpixel_weight(dc.weight, self.index)
+        if x.is_contiguous(memory_format=torch.channels_last):
+            weight = weight.contiguous(memory_format=torch.channels_last)
+        bias = dc.bias.repeat_interleave(self.scale * self.scale)
+        out = F.conv2d(self.model.body(x), weight, bias, padding=self.reach)
+        return F.pixel_shuffle(out, self.scale)
 
 
 class FastFSRCNN(nn.Module):

@@ -41,11 +41,12 @@ from superres.weights import ModelMeta, read_meta
 
 @dataclass(frozen=True)
 class RefitConfig:
-    data: list[str]
+    data: list[str]  # Source specs, as for train: their held-out images choose lam
     scale: int
     init: str
     out: str
-    val: list[str] = field(default_factory=list)
+    val: list[str] = field(default_factory=list)  # extra validation folders
+    holdout_seed: int = 0
     lams: tuple[float, ...] = (1e-5, 1e-4, 1e-3)
     fraction: float = 0.25  # of each image's LR pixels, drawn at random
     downscales: tuple[float, ...] = (1.0,)
@@ -152,8 +153,10 @@ def image_rows(model: FSRCNN, lr: np.ndarray, hr: np.ndarray, locations: np.ndar
 
 
 def accumulate(model: FSRCNN, pairs: Sequence[tuple[np.ndarray, np.ndarray]], fraction: float = 0.25,
-               weighted: bool = True, seed: int = 0) -> NormalEquations:
-    """Normal equations of the deconvolution over LR/HR Y pairs (HR = LR x scale, 0..255)."""
+               weighted: bool = True, seed: int = 0, pair_weights: Sequence[float] | None = None,
+               ) -> NormalEquations:
+    """Normal equations of the deconvolution over LR/HR Y pairs (HR = LR x scale, 0..255),
+    each pair's equations times its ``pair_weights`` entry (its source's weight)."""
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     model = model.eval()
@@ -166,7 +169,7 @@ def accumulate(model: FSRCNN, pairs: Sequence[tuple[np.ndarray, np.ndarray]], fr
     tt, total, rows = 0.0, 0.0, 0
     rng = np.random.default_rng(seed)
     w0 = torch.from_numpy(phase_weights(theta0, index, s))  # to score each image before weighting it
-    for lr, hr in pairs:
+    for n, (lr, hr) in enumerate(pairs):
         h, w = lr.shape
         if hr.shape != (h * s, w * s):
             raise ValueError(f"HR {hr.shape} is not x{s} of LR {lr.shape}")
@@ -175,10 +178,10 @@ def accumulate(model: FSRCNN, pairs: Sequence[tuple[np.ndarray, np.ndarray]], fr
             continue
         u, t = image_rows(model, lr, hr, keep)
         u64, t64 = u.double(), t.double()
-        wi = 1.0
+        wi = 1.0 if pair_weights is None else float(pair_weights[n])
         if weighted:
             mse = float(torch.mean(torch.square(u64 @ w0 - t64)))
-            wi = 1.0 / max(mse, 1e-10)
+            wi /= max(mse, 1e-10)
         a += wi * (u64.T @ u64).numpy()
         c += wi * (u64.T @ t64).numpy()
         tt += wi * float(torch.sum(t64 * t64))
@@ -208,7 +211,7 @@ def solve(eq: NormalEquations, theta0: np.ndarray, lam: float) -> np.ndarray:
 def refit(cfg: RefitConfig, log: Callable[[str], None] = print) -> dict:
     """Refit ``cfg.init``'s deconvolution on ``cfg.data``; write the best by validation to ``cfg.out``."""
     from superres.engine import configure_threads
-    from superres.train import _gather, build_pairs, load_val_pairs, read_images, validate
+    from superres.train import Source, load_val_pairs, protocol_pairs, training_pairs, validate
 
     threads = configure_threads(cfg.threads)
     t0 = time.time()
@@ -216,9 +219,10 @@ def refit(cfg: RefitConfig, log: Callable[[str], None] = print) -> dict:
     meta = read_meta(init)
     model = load_model(init, cfg.scale).eval()
     log(f"config {json.dumps(asdict(cfg), sort_keys=True)} threads={threads}")
-    pairs = build_pairs([rgb for _, rgb in read_images(_gather(cfg.data), log)], cfg.scale, cfg.downscales)
-    val_pairs = load_val_pairs(cfg.val, cfg.scale, log)
-    eq = accumulate(model, pairs, cfg.fraction, cfg.weighted, cfg.seed)
+    sources = [Source.parse(d) for d in cfg.data]
+    pairs, weights, held = training_pairs(sources, cfg.scale, cfg.downscales, cfg.holdout_seed, log)
+    val_pairs = protocol_pairs(held, cfg.scale, log) + load_val_pairs(cfg.val, cfg.scale, log)
+    eq = accumulate(model, pairs, cfg.fraction, cfg.weighted, cfg.seed, weights)
     log(f"data: {len(pairs)} pairs, {eq.rows} LR locations; equations {time.time() - t0:.1f}s")
 
     theta0 = theta_of(model)
@@ -239,13 +243,16 @@ def refit(cfg: RefitConfig, log: Callable[[str], None] = print) -> dict:
     lam, theta = candidates[best]
     set_theta(model, theta)
     seconds = round(time.time() - t0)
-    record = {"init": cfg.init, "data": [Path(d).name for d in cfg.data], "lams": list(cfg.lams),
+    record = {"init": cfg.init, "data": [Path(src.path).name for src in sources],
+              "sources": list(cfg.data), "held_out": [p.name for p in held], "lams": list(cfg.lams),
               "chosen_lam": lam, "fraction": cfg.fraction, "downscales": list(cfg.downscales),
               "weighted": cfg.weighted, "seed": cfg.seed, "rows": eq.rows, "seconds": seconds,
               "candidates": results}
     validation = dict(meta.validation)
     if val_pairs:
-        validation |= {"set": [Path(v).name for v in cfg.val], "psnr_y": results[best]["val_psnr"]}
+        validation |= {"set": [f"{len(held)} held-out training images"] * bool(held)
+                       + [Path(v).name for v in cfg.val],
+                       "held_out": [p.name for p in held], "psnr_y": results[best]["val_psnr"]}
     out_meta = ModelMeta(arch=meta.arch, d=meta.d, s=meta.s, m=meta.m, scale=meta.scale,
                          training_data=meta.training_data, validation=validation,
                          recipe=meta.recipe | {"refit": record})

@@ -114,7 +114,7 @@ def test_train_command_resumes_from_its_checkpoint(tmp_path) -> None:
     assert meta["scale"] == 2 and meta["d"] == 8 and meta["validation"]["step"] == 2
     assert main([*args, "--steps", "4"]) == 0  # resumes at step 2, runs 2 more
     log = [json.loads(line) for line in out.with_suffix(".train.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log] == [2, 4]
+    assert [r["step"] for r in log] == [0, 2, 4]  # the curve starts at the starting weights
 
 
 def test_train_skips_an_unreadable_image_with_its_reason(tmp_path, capsys) -> None:
