@@ -7,7 +7,7 @@ the one decay) sized to ``--seconds`` of its own measured speed.  The figure of
 merit is the held-out PSNR at the end, against the start: what the setting bought
 in the same wall time.
 
-    python -m benchmarks.train_pilot --scale 4 --init include/models/fsrcnn_x4.pt \\
+    python -m benchmarks.train_pilot --scale 4 [--init include/models/fsrcnn_x4.pt --lr 1e-4] \\
         --data ../shared/datasets/T91:holdout=6 ../shared/datasets/BSD200:holdout=14:downscales=0.8,0.7,0.6
 """
 
@@ -35,7 +35,7 @@ def steps_per_s(args: argparse.Namespace, batch: int, patch: int, context: int, 
 def command(args: argparse.Namespace, batch: int, patch: int, context: int, work: Path, steps: int,
             seconds: float, val: bool) -> list[str]:
     cmd = [sys.executable, "-m", "superres", "train", "--scale", str(args.scale), "--data", *args.data,
-           "--init", args.init, "--out", str(work / "w.pt"), "--workdir", str(work), "--threads", "1",
+           *(["--init", args.init] if args.init else []), "--out", str(work / "w.pt"), "--workdir", str(work), "--threads", "1",
            "--batch", str(batch), "--patch", str(patch), "--steps", str(steps), "--lr", str(args.lr),
            "--hold", str(args.hold), "--time-limit", str(seconds), "--seed", str(args.seed),
            "--val-every", str(steps if val else 10**9), "--ckpt-every", str(10**9)]
@@ -52,9 +52,9 @@ def run(args, batch, patch, context, work, steps, seconds, val) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scale", type=int, required=True)
-    p.add_argument("--init", required=True)
+    p.add_argument("--init", default=None, help="weights to start every setting from (default: scratch)")
     p.add_argument("--data", nargs="+", required=True)
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--hold", type=float, default=0.5)
     p.add_argument("--seconds", type=float, default=180.0, help="wall time of each setting's run")
     p.add_argument("--probe-s", type=float, default=15.0, help="wall time of each speed probe")
