@@ -35,7 +35,8 @@ def steps_per_s(args: argparse.Namespace, batch: int, patch: int, context: int, 
 def command(args: argparse.Namespace, batch: int, patch: int, context: int, work: Path, steps: int,
             seconds: float, val: bool) -> list[str]:
     cmd = [sys.executable, "-m", "superres", "train", "--scale", str(args.scale), "--data", *args.data,
-           *(["--init", args.init] if args.init else []), "--out", str(work / "w.pt"), "--workdir", str(work), "--threads", "1",
+           *(["--init", args.init] if args.init else []), "--out", str(work / "w.pt"),
+           "--workdir", str(work), "--threads", "1",
            "--batch", str(batch), "--patch", str(patch), "--steps", str(steps), "--lr", str(args.lr),
            "--hold", str(args.hold), "--time-limit", str(seconds), "--seed", str(args.seed),
            "--val-every", str(steps if val else 10**9), "--ckpt-every", str(10**9)]
