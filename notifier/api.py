@@ -9,7 +9,9 @@
    :mod:`superres.signing`; the HMAC covers ``f"{timestamp}." + body``.
 4. 400 ``missing_idempotency_key``: ``X-Idempotency-Key`` is required (the
    sender uses the Airflow run id + ds); 1-200 printable ASCII characters.
-5. 400 ``malformed_json`` | ``invalid_event``: see :mod:`notifier.events`.
+5. 400 ``malformed_json`` | ``too_deep`` | ``number_too_large`` | ``invalid_event``:
+   the body against the schema in :mod:`notifier.events` (nesting, integer range,
+   characters of ids, dates and keys, types, ranges and lengths of every field).
    400 ``idempotency_key_mismatch``: the signed body names an ``idempotency_key``
    (the pipeline's events do) and the unsigned header says another.
 6. The delivery decision, atomically in one SQLite transaction:
@@ -37,8 +39,8 @@ never with the secret or the signature.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
-import re
 import sqlite3
 from typing import Any
 
@@ -47,17 +49,18 @@ from flask import Blueprint, Response, abort, current_app, jsonify, request, url
 from superres.signing import SignatureError, verify
 
 from . import db
-from .events import METRIC_FIELDS, EventError, parse_event
+from .events import IDEMPOTENCY_RE, METRIC_FIELDS, EventError, parse_event
 
 bp = Blueprint("api", __name__)
 
 IDEMPOTENCY_HEADER = "X-Idempotency-Key"
-_IDEMPOTENCY_RE = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,198}[\x21-\x7e])?")
 DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
 
 
 def _error(status: int, code: str, message: str, **extra: Any) -> tuple[Response, int]:
-    return jsonify(error=code, message=message, **extra), status
+    """One line of ASCII JSON (in debug mode too, where ``jsonify`` would indent it)."""
+    body = json.dumps({"error": code, "message": message, **extra}, separators=(",", ":"), ensure_ascii=True)
+    return current_app.response_class(body + "\n", mimetype="application/json"), status
 
 
 def _reject(status: int, code: str, message: str, **extra: Any) -> tuple[Response, int]:
@@ -79,7 +82,7 @@ def callbacks() -> tuple[Response, int]:
         return _reject(401, exc.code, exc.message)
 
     key = (request.headers.get(IDEMPOTENCY_HEADER) or "").strip()
-    if not _IDEMPOTENCY_RE.fullmatch(key):
+    if not IDEMPOTENCY_RE.fullmatch(key):
         return _reject(
             400, "missing_idempotency_key", f"{IDEMPOTENCY_HEADER} must be 1-200 printable ASCII characters"
         )

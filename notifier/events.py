@@ -1,15 +1,41 @@
 """The callback's event schema: parse and validate the JSON the Airflow task sends.
 
-Required (strictly typed): ``run_id`` (non-empty string), ``ds`` (YYYY-MM-DD),
-``state`` ("success" | "failed") and ``counts`` ({fetched, processed,
-quarantined} as non-negative integers).  Everything else is optional and may be
-null or absent, but when present it must have the documented shape; unknown
-extra fields are kept (forward compatible) but ignored.
+Everything is checked before anything is stored, and a body that fails any
+check is refused with one :class:`EventError` (a 400 with a one-line reason).
 
-Metric values are numbers or null; ``Infinity`` is accepted because PSNR of an
-exact reconstruction is infinite, and NaN is read as null.  Storage keys must be
-relative '/'-separated paths without '.', '..' or empty segments, because they
-become the whitelist of what ``/images/`` may serve.
+The body as a whole (whatever the field):
+
+* at most ``MAX_DEPTH`` levels of arrays and objects, checked on the text
+  before it is parsed (Python's parser recurses, so a deep body would raise
+  RecursionError instead of failing cleanly): ``too_deep``;
+* integers within the signed 64-bit range, checked while parsing (Python's
+  parser raises ValueError past 4300 digits, and SQLite takes nothing wider
+  than 64 bits): ``number_too_large``;
+* strings and member names with no NUL and no lone surrogate (a ``\\udXXX``
+  escape without its pair cannot be stored or shown as UTF-8), strings of at
+  most ``MAX_MESSAGE`` characters, names of at most ``MAX_MEMBER``, arrays of
+  at most ``MAX_ITEMS`` items.  The byte size is bounded before this by the
+  app's ``MAX_CONTENT_LENGTH`` (413).
+
+The fields, strictly typed.  Required: ``run_id``, ``ds`` (YYYY-MM-DD, ASCII
+digits, a real date), ``state`` ("success" | "failed") and ``counts``
+({fetched, processed, quarantined}, integers in 0..``MAX_COUNT``).  Everything
+else may be null or absent, but when present it has the documented shape;
+unknown extra fields are kept (forward compatible) but ignored, within the
+bounds above.
+
+* Ids (``run_id``, image ids, failed task ids): printable characters only
+  (``str.isprintable``: no control, format, separator other than the space,
+  surrogate or unassigned code points), no leading or trailing space.  Image
+  ids may also be integers.  ``dag_id`` follows Airflow's rule ``[\\w.-]+``;
+  ``idempotency_key`` the ``X-Idempotency-Key`` header's (printable ASCII);
+  ``sent_at`` is an ISO 8601 time.
+* Storage keys: relative '/'-separated paths of printable characters without
+  '.', '..' or empty segments, because they become the whitelist of what
+  ``/images/`` may serve.
+* Metric values are numbers or null: PSNR in ``PSNR_RANGE`` dB or
+  ``Infinity`` (an exact reconstruction), SSIM in ``SSIM_RANGE``; NaN is read
+  as null.  Timings are finite seconds within ``±MAX_SECONDS``.
 """
 
 from __future__ import annotations
@@ -30,10 +56,29 @@ METRIC_FIELDS = ("psnr", "ssim", "psnr_bicubic", "ssim_bicubic")
 KEY_FIELDS = ("original", "bicubic", "sr", "comparison")
 TRANSPORT_FIELDS = ("sent_at",)  # differ between re-deliveries of the same event
 
+MAX_DEPTH = 32  # the pipeline's events nest 4 levels; extras (e.g. full GE results) a few more
+MAX_INT = 2**63 - 1
+MAX_COUNT = 10**9
 MAX_TEXT = 1000
+MAX_MESSAGE = 100_000
+MAX_NAME = 250
+MAX_MEMBER = 256
 MAX_KEY = 1024
-_DS_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+MAX_ITEMS = 100_000
+MAX_PROBLEMS = 20
+MAX_SECONDS = 1e9
+PSNR_RANGE = (0.0, 1000.0)
+SSIM_RANGE = (-1.0, 1.0)
+_SSIM_BOUNDS = (SSIM_RANGE[0] - 1e-6, SSIM_RANGE[1] + 1e-6)  # float rounding of a perfect score
+
+_DS_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_DAG_ID_RE = re.compile(rf"[\w.-]{{1,{MAX_NAME}}}")
+IDEMPOTENCY_RE = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,198}[\x21-\x7e])?")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_UNSTORABLE_RE = re.compile("[\x00\ud800-\udfff]")
+_SIMPLE_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_STRING_RE = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET_RE = re.compile(r"[^\[\]{}]+")
 
 
 class EventError(ValueError):
@@ -87,21 +132,67 @@ class Event:
 
 def is_safe_key(key: object) -> bool:
     """A relative storage key that cannot climb out of the storage root."""
-    if not isinstance(key, str) or not 0 < len(key) <= MAX_KEY:
+    if not isinstance(key, str) or not 0 < len(key) <= MAX_KEY or not key.isprintable():
         return False
-    if key.startswith("/") or "\\" in key or _CONTROL_RE.search(key):
+    if key.startswith("/") or "\\" in key:
         return False
     return all(part not in ("", ".", "..") for part in key.split("/"))
 
 
+def is_id(value: object, limit: int = MAX_NAME) -> bool:
+    """An id as the pages and URLs carry it: printable, trimmed, 1 to ``limit`` characters."""
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= limit
+        and value.isprintable()
+        and value == value.strip()
+    )
+
+
+def _member(path: str, name: str) -> str:
+    """``path.name`` for a plain member name, else the name JSON-escaped (one line, ASCII)."""
+    if _SIMPLE_NAME_RE.fullmatch(name):
+        return f"{path}.{name}" if path else name
+    return f"{path}[{json.dumps(name[:64])}]"
+
+
 class _Checker:
-    """Collects every problem instead of stopping at the first, so the sender sees them all."""
+    """Collects problems instead of stopping at the first, so the sender sees them (up to a bound)."""
 
     def __init__(self) -> None:
         self.problems: list[str] = []
+        self.dropped = 0
 
     def fail(self, path: str, expected: str) -> None:
-        self.problems.append(f"{path}: expected {expected}")
+        if len(self.problems) < MAX_PROBLEMS:
+            self.problems.append(f"{path or '$'}: expected {expected}")
+        else:
+            self.dropped += 1
+
+    def listed(self) -> list[str]:
+        return self.problems + ([f"... and {self.dropped} more"] if self.dropped else [])
+
+    # -- the whole document -------------------------------------------------------------------
+
+    def document(self, value: Any, path: str = "") -> None:
+        """Bounds every value, known field or not (depth is bounded before parsing)."""
+        if isinstance(value, str):
+            if len(value) > MAX_MESSAGE or _UNSTORABLE_RE.search(value):
+                self.fail(path, f"a string of at most {MAX_MESSAGE} characters, "
+                                "without NUL or lone surrogates")
+        elif isinstance(value, dict):
+            for name, item in value.items():
+                if len(name) > MAX_MEMBER or _UNSTORABLE_RE.search(name):
+                    self.fail(_member(path, name), f"a member name of at most {MAX_MEMBER} characters, "
+                                                   "without NUL or lone surrogates")
+                self.document(item, _member(path, name))
+        elif isinstance(value, list):
+            if len(value) > MAX_ITEMS:
+                self.fail(path, f"an array of at most {MAX_ITEMS} items")
+            for i, item in enumerate(value[:MAX_ITEMS]):
+                self.document(item, f"{path}[{i}]")
+
+    # -- field types --------------------------------------------------------------------------
 
     def text(self, value: Any, path: str, *, required: bool = False, limit: int = MAX_TEXT) -> str | None:
         if value is None and not required:
@@ -111,31 +202,50 @@ class _Checker:
             return None
         return value
 
-    def ident(self, value: Any, path: str) -> str | None:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return str(value)
-        return self.text(value, path, required=True, limit=200)
-
-    def count(self, value: Any, path: str) -> int | None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            self.fail(path, "a non-negative integer")
+    def name(self, value: Any, path: str, *, limit: int = MAX_NAME) -> str | None:
+        if not is_id(value, limit):
+            self.fail(path, f"an id of 1-{limit} printable characters without leading or trailing space")
             return None
         return value
 
-    def number(self, value: Any, path: str) -> float | None:
+    def ident(self, value: Any, path: str) -> str | None:
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_INT:
+            return str(value)
+        return self.name(value, path, limit=200)
+
+    def uri(self, value: Any, path: str) -> str | None:
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            self.fail(path, "a number or null")
+        if not isinstance(value, str) or len(value) > MAX_KEY or _CONTROL_RE.search(value):
+            self.fail(path, f"a string of at most {MAX_KEY} characters without control characters, or null")
             return None
-        value = float(value)
-        return None if math.isnan(value) else value
+        return value
+
+    def count(self, value: Any, path: str) -> int | None:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+            self.fail(path, f"an integer from 0 to {MAX_COUNT}")
+            return None
+        return value
+
+    def number(self, value: Any, path: str, lo: float, hi: float, *, infinite: bool = False) -> float | None:
+        """A number in [lo, hi] (or +Infinity when ``infinite``), NaN read as null."""
+        if value is None:
+            return None
+        if not isinstance(value, bool) and isinstance(value, int | float):
+            value = float(value)  # integers are within 64 bits here, so this cannot overflow
+            if math.isnan(value):
+                return None
+            if lo <= value <= hi or (infinite and value == math.inf):
+                return value
+        self.fail(path, f"a number from {lo:g} to {hi:g}{' or Infinity' if infinite else ''}, or null")
+        return None
 
     def key(self, value: Any, path: str, *, nullable: bool = True) -> str | None:
         if value is None and nullable:
             return None
         if not is_safe_key(value):
-            self.fail(path, "a relative storage key without '.', '..' or empty segments")
+            self.fail(path, "a relative storage key of printable characters "
+                            "without '.', '..' or empty segments")
             return None
         return value
 
@@ -153,13 +263,50 @@ class _Checker:
         if not isinstance(value, list):
             self.fail(path, "an array or null")
             return []
-        return value
+        return value[:MAX_ITEMS]
+
+    def flag(self, value: Any, path: str, *, nullable: bool = True) -> None:
+        if not (isinstance(value, bool) or (value is None and nullable)):
+            self.fail(path, "a boolean" + (" or null" if nullable else ""))
 
     def metrics(self, value: Any, path: str) -> dict[str, float | None] | None:
         data = self.obj(value, path)
         if data is None:
             return None
-        return {name: self.number(data.get(name), f"{path}.{name}") for name in METRIC_FIELDS}
+        return {
+            name: self.number(data.get(name), f"{path}.{name}", *_SSIM_BOUNDS)
+            if name.startswith("ssim")
+            else self.number(data.get(name), f"{path}.{name}", *PSNR_RANGE, infinite=True)
+            for name in METRIC_FIELDS
+        }
+
+
+class _NumberTooLarge(Exception):
+    pass
+
+
+def _parse_int(text: str) -> int:
+    # Checked on the digits before int() converts them: a 5000-digit literal is refused, not parsed.
+    if len(text.lstrip("-")) > 19 or not -MAX_INT - 1 <= (value := int(text)) <= MAX_INT:
+        raise _NumberTooLarge
+    return value
+
+
+def nesting_exceeds(text: str, limit: int = MAX_DEPTH) -> bool:
+    """True when ``text`` opens more than ``limit`` arrays/objects at once, strings not counted.
+
+    For valid JSON the string pattern matches exactly the string tokens; for
+    broken JSON it may miscount past the point where the parser fails anyway.
+    """
+    depth = 0
+    for bracket in _NOT_BRACKET_RE.sub("", _STRING_RE.sub("", text)):
+        if bracket in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
 
 
 def _parse_json(body: bytes) -> Any:
@@ -167,12 +314,21 @@ def _parse_json(body: bytes) -> Any:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise EventError("malformed_json", "body is not valid UTF-8") from None
+    too_deep = EventError("too_deep", f"the body nests arrays and objects more than {MAX_DEPTH} levels deep")
+    if nesting_exceeds(text):
+        raise too_deep
     try:
-        return json.loads(text)
+        return json.loads(text, parse_int=_parse_int)
     except json.JSONDecodeError as exc:
         raise EventError(
             "malformed_json", f"body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
         ) from None
+    except _NumberTooLarge:
+        raise EventError(
+            "number_too_large", "the body has an integer outside the signed 64-bit range"
+        ) from None
+    except RecursionError:  # not reachable past nesting_exceeds; kept so it can never be a 500
+        raise too_deep from None
 
 
 def parse_event(body: bytes) -> Event:
@@ -181,8 +337,9 @@ def parse_event(body: bytes) -> Event:
     if not isinstance(data, dict):
         raise EventError("invalid_event", "the event must be a JSON object", ["$: expected an object"])
     c = _Checker()
+    c.document(data)
 
-    run_id = c.text(data.get("run_id"), "run_id", required=True, limit=250)
+    run_id = c.name(data.get("run_id"), "run_id")
     ds = data.get("ds")
     if not (isinstance(ds, str) and _DS_RE.fullmatch(ds) and _is_date(ds)):
         c.fail("ds", "a date as YYYY-MM-DD")
@@ -197,7 +354,14 @@ def parse_event(body: bytes) -> Event:
             if value is not None:
                 counts[name] = value
 
-    dag_id = c.text(data.get("dag_id"), "dag_id", limit=250)
+    key = data.get("idempotency_key")
+    if key is not None and not (isinstance(key, str) and IDEMPOTENCY_RE.fullmatch(key)):
+        c.fail("idempotency_key",
+               "1-200 printable ASCII characters, as in the X-Idempotency-Key header, or null")
+    dag_id = data.get("dag_id")
+    if dag_id is not None and not (isinstance(dag_id, str) and _DAG_ID_RE.fullmatch(dag_id)):
+        c.fail("dag_id", f"an Airflow DAG id (1-{MAX_NAME} letters, digits, '_', '.' or '-') or null")
+        dag_id = None
     mode = data.get("mode")
     if mode is not None and mode not in MODES:
         c.fail("mode", " or ".join(repr(m) for m in MODES) + " or null")
@@ -206,9 +370,12 @@ def parse_event(body: bytes) -> Event:
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, int) or not 1 <= scale <= 16):
         c.fail("scale", "an integer between 1 and 16 or null")
         scale = None
-    sent_at = c.text(data.get("sent_at"), "sent_at", limit=64)
+    sent_at = data.get("sent_at")
+    if sent_at is not None and not _is_time(sent_at):
+        c.fail("sent_at", "an ISO 8601 time of at most 64 characters, or null")
+        sent_at = None
     for i, task in enumerate(c.array(data.get("failed_tasks"), "failed_tasks")):
-        c.text(task, f"failed_tasks[{i}]", required=True, limit=250)
+        c.name(task, f"failed_tasks[{i}]")
 
     metrics = c.obj(data.get("metrics"), "metrics") or {}
     mean = c.metrics(metrics.get("mean"), "metrics.mean")
@@ -227,32 +394,34 @@ def parse_event(body: bytes) -> Event:
         if (entry := c.obj(item, path, nullable=False)) is None:
             continue
         image_id = c.ident(entry.get("image_id"), f"{path}.image_id")
-        author = c.text(entry.get("author"), f"{path}.author", limit=250)
+        author = c.text(entry.get("author"), f"{path}.author")
         keys = {name: c.key(entry.get(name), f"{path}.{name}") for name in KEY_FIELDS}
         if image_id is not None:
             images.append(ImageRecord(image_id, author, metrics=per_image.get(image_id, {}), **keys))
 
     outputs = c.obj(data.get("outputs"), "outputs") or {}
     for name, value in outputs.items():
-        c.text(value, f"outputs.{name}", limit=MAX_KEY)
+        c.name(name, _member("outputs", name), limit=MAX_MEMBER)
+        c.uri(value, _member("outputs", name))
     quality = c.obj(data.get("quality"), "quality")
     if quality is not None:
-        if not isinstance(quality.get("success"), bool):
-            c.fail("quality.success", "a boolean")
-        c.array(quality.get("suites"), "quality.suites")
+        c.flag(quality.get("success"), "quality.success", nullable=False)
+        for i, item in enumerate(c.array(quality.get("suites"), "quality.suites")):
+            if (suite := c.obj(item, f"quality.suites[{i}]", nullable=False)) is not None:
+                c.text(suite.get("name"), f"quality.suites[{i}].name", limit=MAX_NAME)
+                c.flag(suite.get("success"), f"quality.suites[{i}].success")
     for i, item in enumerate(c.array(data.get("quarantine"), "quarantine")):
         if (entry := c.obj(item, f"quarantine[{i}]", nullable=False)) is not None:
             c.ident(entry.get("image_id"), f"quarantine[{i}].image_id")
-            c.text(entry.get("reason"), f"quarantine[{i}].reason", limit=250)
-            c.text(entry.get("message"), f"quarantine[{i}].message")
+            c.text(entry.get("reason"), f"quarantine[{i}].reason", limit=MAX_NAME)
+            c.text(entry.get("message"), f"quarantine[{i}].message", limit=MAX_MESSAGE)
     timings = c.obj(data.get("timings"), "timings") or {}
     for name, value in timings.items():
-        c.number(value, f"timings.{name}")
+        c.name(name, _member("timings", name), limit=MAX_MEMBER)
+        c.number(value, _member("timings", name), -MAX_SECONDS, MAX_SECONDS)
 
     if c.problems:
-        raise EventError(
-            "invalid_event", "the event is missing required fields or has wrong types", c.problems
-        )
+        raise EventError("invalid_event", "the event does not match the callback schema", c.listed())
     assert run_id is not None and isinstance(ds, str) and isinstance(state, str)
     return Event(
         run_id=run_id,
@@ -272,6 +441,16 @@ def parse_event(body: bytes) -> Event:
 def _is_date(ds: str) -> bool:
     try:
         dt.date.fromisoformat(ds)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_time(value: Any) -> bool:
+    if not (isinstance(value, str) and 0 < len(value) <= 64 and value.isascii() and value.isprintable()):
+        return False
+    try:
+        dt.datetime.fromisoformat(value)
     except ValueError:
         return False
     return True
