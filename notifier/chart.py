@@ -4,6 +4,11 @@ Computed server-side so the page needs no charting library (the machine is
 offline).  Dates are placed on a true time axis, so missing days show as gaps
 in spacing, and zero is always inside the y range: the baseline "no better than
 bicubic" stays visible.
+
+Every point gets a dot, but only some get a date label: labels are picked from
+the first and last date inwards so that no two overlap (each label's width is
+estimated from its length in the chart's monospace font), however the dates
+cluster.
 """
 
 from __future__ import annotations
@@ -15,6 +20,9 @@ from dataclasses import dataclass
 WIDTH, HEIGHT = 760, 240
 MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 52, 16, 14, 34
 MAX_X_LABELS = 7
+LABEL_FONT_PX = 11  # .trend__label in notifier.css; user units, so it scales with the chart
+LABEL_CHAR_W = 0.62 * LABEL_FONT_PX  # advance of a monospace digit, a little over DejaVu Sans Mono's
+LABEL_GAP = 10
 
 
 @dataclass(frozen=True)
@@ -29,6 +37,17 @@ class Point:
 class Tick:
     pos: float
     label: str
+    anchor: str = "middle"  # SVG text-anchor: "start" at the left edge, "end" at the right
+
+    @property
+    def extent(self) -> tuple[float, float]:
+        """The x range the label's text covers."""
+        width = len(self.label) * LABEL_CHAR_W
+        if self.anchor == "start":
+            return self.pos, self.pos + width
+        if self.anchor == "end":
+            return self.pos - width, self.pos
+        return self.pos - width / 2, self.pos + width / 2
 
 
 @dataclass(frozen=True)
@@ -104,11 +123,35 @@ def trend_chart(
     points = tuple(Point(x_of(d), y_of(g), ds, g) for d, (ds, g) in zip(days, series, strict=True))
     n_ticks = round((hi - lo) / step)
     y_ticks = tuple(Tick(y_of(v), _tick_label(v, step)) for v in (lo + i * step for i in range(n_ticks + 1)))
-    every = max(1, math.ceil(len(points) / MAX_X_LABELS))
-    chosen = list(points[::every])
-    if chosen[-1] is not points[-1]:
-        if len(chosen) > 1 and points[-1].x - chosen[-1].x < (right - left) / (MAX_X_LABELS * 1.5):
-            chosen.pop()
-        chosen.append(points[-1])
-    x_ticks = tuple(Tick(p.x, p.ds) for p in chosen)
+    x_ticks = _x_ticks(points, left, right)
     return TrendChart(width, height, left, right, top, bottom, points, y_ticks, x_ticks, y_of(0.0))
+
+
+def _x_ticks(points: tuple[Point, ...], left: float, right: float) -> tuple[Tick, ...]:
+    """Date labels that never overlap: the first and last dates, then others that fit between.
+
+    Edge labels hug the plot (anchored at their start or end) so they are never
+    clipped.  A label is kept when its text clears its kept neighbours by
+    ``LABEL_GAP`` and it lies at least 1/``MAX_X_LABELS`` of the plot from them.
+    """
+    ticks = [
+        Tick(p.x, p.ds, "start" if p.x <= left + 1 else "end" if p.x >= right - 1 else "middle")
+        for p in points
+    ]
+    if len(ticks) < 2:
+        return tuple(ticks)
+    spacing = (right - left) / MAX_X_LABELS
+    last = ticks[-1]
+
+    def clear(a: Tick, b: Tick) -> bool:  # a left of b
+        return a.extent[1] + LABEL_GAP <= b.extent[0] and b.pos - a.pos >= spacing
+
+    chosen = [ticks[0]]
+    for tick in ticks[1:-1]:
+        if clear(chosen[-1], tick) and clear(tick, last):
+            chosen.append(tick)
+    if clear(chosen[-1], last):
+        chosen.append(last)
+    else:  # only the first and last are left, and they collide: the newest date wins
+        chosen[-1] = last
+    return tuple(chosen)

@@ -171,3 +171,89 @@ def test_pages_send_security_headers(client: FlaskClient) -> None:
     assert "script-src 'self'" in headers["Content-Security-Policy"]
     assert headers["X-Content-Type-Options"] == "nosniff"
     assert headers["X-Frame-Options"] == "DENY"
+
+
+# --------------------------------------------------------------------------- upscale mode: no PSNR, and why
+
+
+def _upscale_event(ds: str = "2026-01-06", run_id: str = "scheduled__2026-01-06") -> dict[str, Any]:
+    """An upscale-mode event as the notify task sends it: no metrics, the images without scores."""
+    event = make_event(ds=ds, run_id=run_id, image_ids=("201", "202"))
+    event.update(mode="upscale", metrics=None)
+    return event
+
+
+NOTE = 'data-note="no-ground-truth"'
+
+
+def test_upscale_runs_say_why_they_have_no_psnr(client: FlaskClient) -> None:
+    assert post_event(client, make_event()).status_code == 201
+    assert post_event(client, _upscale_event()).status_code == 201
+    page = client.get("/").get_data(as_text=True)
+    cards = dict(re.findall(r'<article class="image-card" data-image-id="(\d+)"(.*?)</article>', page, re.S))
+    for upscaled in ("201", "202"):
+        card = cards[upscaled]
+        assert NOTE in card and "no ground truth" in card
+        assert 'title="Upscale mode has no ground truth' in card  # on the metrics showing "—"
+        assert '<span class="unit">dB</span>' not in card  # no "— dB"
+    for evaluated in ("101", "102"):
+        assert NOTE not in cards[evaluated] and '<span class="unit">dB</span>' in cards[evaluated]
+    latest = page[page.index('class="card card--latest"'):page.index('class="section"')]
+    assert NOTE in latest and "so there is no PSNR" in latest
+    upscale_row = re.search(r'<tr [^>]*data-run-id="scheduled__2026-01-06">.*?</tr>', page, re.S)
+    evaluated_id = re.escape(make_event()["run_id"])
+    evaluate_row = re.search(rf'<tr [^>]*data-run-id="{evaluated_id}">.*?</tr>', page, re.S)
+    assert upscale_row and NOTE in upscale_row.group(0) and "title=" in upscale_row.group(0)
+    assert evaluate_row and NOTE not in evaluate_row.group(0)
+
+
+def test_upscale_run_page_says_why_it_has_no_psnr(client: FlaskClient) -> None:
+    event = _upscale_event()
+    assert post_event(client, event).status_code == 201
+    page = client.get("/runs/" + event["run_id"]).get_data(as_text=True)
+    counts = page[page.index("<h2>Counts</h2>"):page.index("<h2>Failed tasks</h2>")]
+    assert NOTE in counts and "Upscale mode has no ground truth" in counts
+    assert page.count(NOTE) == 1 + 2  # the run, and each image's FSRCNN panel
+    evaluated = make_event()
+    post_event(client, evaluated)
+    assert NOTE not in client.get("/runs/" + evaluated["run_id"]).get_data(as_text=True)
+
+
+# --------------------------------------------------------------------------- trend chart date labels
+
+CHAR_W = 0.62 * 11  # the chart's monospace label font (11 px), per character
+
+
+def _date_labels(page: str) -> list[tuple[float, float, str]]:
+    """(left, right, text) of each date label on the trend's x axis, as the browser lays them out."""
+    out = []
+    for x, anchor, label in re.findall(
+        r'<text class="trend__label[^"]*" x="([\d.]+)" y="[\d.]+"\s+'
+        r'text-anchor="(\w+)">(\d{4}-\d{2}-\d{2})</text>',
+        page,
+    ):
+        pos, width = float(x), len(label) * CHAR_W
+        left = {"start": pos, "end": pos - width}.get(anchor, pos - width / 2)
+        out.append((left, left + width, label))
+    return out
+
+
+@pytest.mark.parametrize(
+    "dates",
+    [
+        ["2026-11-01", "2026-11-16", "2026-11-17"],
+        ["2026-10-01", "2026-10-02", "2026-11-16", "2026-11-17"],
+        [f"2026-11-{d:02d}" for d in (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 14, 15, 16, 17)],
+    ],
+    ids=["two-last-days", "clusters-at-both-ends", "dense-then-gap"],
+)
+def test_trend_date_labels_never_overlap(client: FlaskClient, dates: list[str]) -> None:
+    for ds in dates:
+        post_event(client, make_event(ds=ds, run_id=f"scheduled__{ds}", image_ids=("1",)))
+    page = client.get("/").get_data(as_text=True)
+    labels = _date_labels(page)
+    assert [label for *_, label in labels][-1] == dates[-1]  # the newest date is always labelled
+    assert labels[0][2] in (dates[0], dates[-1])
+    for (_, right, a), (left, _, b) in zip(labels, labels[1:], strict=False):
+        assert right < left, f"{a} and {b} overlap"
+    assert len(re.findall(r'<circle class="trend__dot', page)) == len(dates)  # every date keeps its dot
