@@ -1,8 +1,9 @@
 """Evaluation under the paper protocol: HR -> LR -> SR (and bicubic) -> Y PSNR/SSIM.
 
 ``protocol_pair`` makes the LR exactly as the protocol says (crop HR to a
-multiple of the scale, antialiased bicubic down, round to 8 bits), and
-``evaluate_pairs`` scores FSRCNN and the bicubic baseline side by side.
+multiple of the scale, antialiased bicubic down, round to 8 bits),
+``evaluate_pairs`` scores FSRCNN and the bicubic baseline side by side, and
+``json_report`` writes exact matches (infinite PSNR) as ``null`` with a count.
 """
 
 from __future__ import annotations
@@ -62,11 +63,48 @@ def evaluate_pairs(
     with_ssim: bool = True,
     tile: int | None = None,
     progress: Callable[[str], None] | None = None,
+    on_error: Callable[[str, ValueError], None] | None = None,
 ) -> dict:
-    """Score (name, LR, HR) triples; returns the ``evaluate`` JSON shape."""
+    """Score (name, LR, HR) triples; returns the ``evaluate`` report.
+
+    An image that cannot be scored (too small for the border shave or the SSIM
+    window) raises ``ValueError``, unless ``on_error`` is given: then it is told
+    the name and the error, the image is left out and the rest are still scored.
+    PSNRs of exact matches are ``inf`` here; :func:`json_report` makes the JSON form.
+    """
     rows = []
     for name, lr, hr in pairs:
-        rows.append({"name": name, **score_image(upscaler, lr, hr, with_ssim, tile)})
+        try:
+            scores = score_image(upscaler, lr, hr, with_ssim, tile)
+        except ValueError as exc:
+            if on_error is None:
+                raise
+            on_error(name, exc)
+            continue
+        rows.append({"name": name, **scores})
         if progress:
             progress(name)
     return {"scale": upscaler.scale, "images": rows, "mean": mean_of(rows)}
+
+
+PSNR_KEYS = ("psnr", "psnr_bicubic")
+
+
+def json_report(report: dict) -> dict:
+    """The ``evaluate`` report as JSON can hold it: no ``inf``, no ``NaN``.
+
+    A per-image PSNR of an exact match (the images are identical, e.g. bicubic on a
+    flat image) is infinite; it is written as ``null``, and ``"identical"`` counts
+    those per key (``{"psnr": N, "psnr_bicubic": M}``).  Each mean is over the finite
+    values only, and ``null`` when there are none.  The result passes
+    ``json.dumps(..., allow_nan=False)``.
+    """
+    rows = [{k: (None if k in PSNR_KEYS and not np.isfinite(v) else v) for k, v in r.items()}
+            for r in report["images"]]
+    keys = [k for k in KEYS if rows and k in rows[0]] or list(KEYS)
+    mean = {}
+    for k in keys:
+        finite = [float(r[k]) for r in rows if r.get(k) is not None and np.isfinite(r[k])]
+        mean[k] = float(np.mean(finite)) if finite else None
+    identical = {k: sum(1 for r in rows if k in r and r[k] is None) for k in PSNR_KEYS}
+    return {**report, "images": rows, "mean": mean, "identical": identical}

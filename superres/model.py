@@ -29,6 +29,7 @@ from superres.weights import (  # noqa: F401
     default_weights,
     metadata_path,
     models_dir,
+    non_finite_message,
     read_meta,
 )
 
@@ -195,12 +196,16 @@ class FastFSRCNN(nn.Module):
         return F.pixel_shuffle(F.conv2d(x, weight, bias, padding=pad), self.spec.scale).contiguous()
 
 
+class DeviceError(RuntimeError):
+    """A device that was asked for but is not there."""
+
+
 def pick_device(device: str = "auto") -> torch.device:
     """``auto`` uses CUDA when present, else CPU; ``cpu``/``cuda`` force one."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was requested but CUDA is not available")
+        raise DeviceError("--device cuda was requested but CUDA is not available")
     return torch.device(device)
 
 
@@ -224,7 +229,9 @@ def load_model(
     """Load weights, refusing any whose architecture or scale differs from the request.
 
     :func:`check_weights` runs first, so a corrupt or foreign file gets the same
-    clear :class:`WeightsError` here as in a torch-free Spark driver.
+    clear :class:`WeightsError` here as in a torch-free Spark driver; so does a
+    tensor holding NaN or infinity, which is refused naming the tensor.  The scale
+    is the one the sidecar ``.json`` says.
     """
     weights = Path(weights)
     meta = check_weights(weights, scale)
@@ -235,25 +242,42 @@ def load_model(
             f"{weights.name} holds {meta.spec.arch} x{meta.scale}, "
             f"but {spec.arch} x{spec.scale} was requested"
         )
-    model = FSRCNN(meta.spec)
     state = torch.load(weights, map_location="cpu", weights_only=True)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise WeightsError(
-            f"{weights.name}: tensors do not match {meta.spec.arch} x{meta.scale}: "
-            f"{str(exc).splitlines()[0]}"
-        ) from exc
+    model = _model_of(state, meta, weights.name)
     dev = device if isinstance(device, torch.device) else pick_device(device)
     return model.to(dev).eval()
 
 
+def _model_of(state: object, meta: ModelMeta, name: str) -> FSRCNN:
+    """An FSRCNN holding ``state``, refused with a :class:`WeightsError` unless every tensor
+    is there with its shape and every value is finite (NaN weights make a black image)."""
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{name}: not a state_dict of tensors")
+    for key, tensor in state.items():
+        bad = int((~torch.isfinite(tensor)).sum())
+        if bad:
+            raise WeightsError(non_finite_message(name, key, bad))
+    model = FSRCNN(meta.spec)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise WeightsError(
+            f"{name}: tensors do not match {meta.spec.arch} x{meta.scale}: "
+            f"{str(exc).splitlines()[0]}"
+        ) from exc
+    return model
+
+
 def model_from_bytes(state_bytes: bytes, meta: ModelMeta, device: str | torch.device = "cpu") -> FSRCNN:
-    """Rebuild a model from raw ``state_dict`` bytes (what Spark broadcasts to workers)."""
+    """Rebuild a model from raw ``state_dict`` bytes (what Spark broadcasts to workers).
+
+    Refused like :func:`load_model`: missing, extra or misshapen tensors, or any NaN or
+    infinity, is a :class:`WeightsError` naming the tensor.  The scale is ``meta``'s.
+    """
     import io
 
-    model = FSRCNN(meta.spec)
-    model.load_state_dict(torch.load(io.BytesIO(state_bytes), map_location="cpu", weights_only=True))
+    state = torch.load(io.BytesIO(state_bytes), map_location="cpu", weights_only=True)
+    model = _model_of(state, meta, f"weights for {meta.spec.arch} x{meta.scale}")
     dev = device if isinstance(device, torch.device) else pick_device(device)
     return model.to(dev).eval()
 

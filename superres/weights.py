@@ -5,7 +5,8 @@ weights file before any Spark work (inference); importing torch for that
 costs 1.5-2 s per task.  :func:`check_weights` reads the ``.pt`` archive's
 pickle with an unpickler that builds nothing but tensor shapes, so it checks
 the same things ``load_model``'s strict ``load_state_dict`` does: every
-parameter present, none extra, every shape right, every storage complete.
+parameter present, none extra, every shape right, every storage complete, and
+every value finite (a NaN weight would turn every output black).
 """
 
 from __future__ import annotations
@@ -172,7 +173,10 @@ def requested_meta(weights: Path, scale: int | None = None) -> ModelMeta:
 
 
 def check_weights(weights: Path, scale: int | None = None) -> ModelMeta:
-    """Refuse a weights file that ``load_model`` would refuse, without torch; returns its metadata."""
+    """Refuse a weights file that ``load_model`` would refuse, without torch; returns its metadata.
+
+    The scale is the one the sidecar ``.json`` says; the tensors alone cannot tell x2 from x3.
+    """
     weights = Path(weights)
     meta = requested_meta(weights, scale)
     want = expected_shapes(meta.spec)
@@ -186,7 +190,7 @@ def check_weights(weights: Path, scale: int | None = None) -> ModelMeta:
             sizes = {n[len(root) + len("data/"):]: zf.getinfo(n).file_size
                      for n in names if n.startswith(root + "data/")}
     except (zipfile.BadZipFile, StopIteration, pickle.UnpicklingError, EOFError, ValueError,
-            TypeError) as exc:
+            TypeError, OSError) as exc:
         why = str(exc) or type(exc).__name__
         raise WeightsError(f"{weights.name}: not a readable PyTorch state_dict ({why})") from exc
     if not isinstance(state, dict) or not all(isinstance(v, _Tensor) for v in state.values()):
@@ -202,7 +206,32 @@ def check_weights(weights: Path, scale: int | None = None) -> ModelMeta:
         width = _STORAGE_BYTES.get(t.storage.dtype, 0)
         if t.storage.numel < need or sizes.get(t.storage.key, -1) < t.storage.numel * width:
             raise WeightsError(f"{weights.name}: tensor {k} is truncated")
+    _check_finite(weights, root, state)
     return meta
+
+
+def non_finite_message(name: str, tensor: str, count: int) -> str:
+    """The one refusal of a tensor holding NaN or infinity (here and in ``superres.model``)."""
+    return (f"{name}: tensor {tensor} holds {count} non-finite value{'s' if count > 1 else ''} "
+            "(NaN or infinity); the weights are unusable")
+
+
+def _check_finite(weights: Path, root: str, state: dict[str, _Tensor]) -> None:
+    """Refuse NaN or infinity in any tensor, reading the storages with numpy (no torch)."""
+    import numpy as np
+
+    with zipfile.ZipFile(weights) as zf:
+        order = ">" if root + "byteorder" in zf.namelist() and zf.read(root + "byteorder") == b"big" else "<"
+        for k, t in state.items():
+            raw = zf.read(f"{root}data/{t.storage.key}")
+            if t.storage.dtype == "BFloat16Storage":  # the top half of a float32
+                values = (np.frombuffer(raw, order + "u2").astype(np.uint32) << 16).view(np.float32)
+            else:
+                width = _STORAGE_BYTES[t.storage.dtype]
+                values = np.frombuffer(raw, f"{order}f{width}")
+            bad = int(np.count_nonzero(~np.isfinite(values[t.offset: t.offset + math.prod(t.shape)])))
+            if bad:
+                raise WeightsError(non_finite_message(weights.name, k, bad))
 
 
 def models_dir() -> Path:

@@ -106,3 +106,42 @@ def test_split_and_inference_drivers_do_not_import_torch() -> None:
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_tensors_are_refused_naming_the_tensor(tmp_path, dtype, bad) -> None:
+    import io
+
+    from superres.model import model_from_bytes
+
+    spec = ModelSpec(scale=2, d=8, s=4, m=1)
+    state = {k: v.to(dtype) for k, v in FSRCNN(spec).state_dict().items()}
+    state["shrink.0.bias"][2] = bad
+    path = tmp_path / "bad.pt"
+    torch.save(state, path)
+    meta = ModelMeta.for_spec(spec)
+    save_model(FSRCNN(spec), tmp_path / "meta.pt", meta)
+    path.with_suffix(".json").write_text((tmp_path / "meta.json").read_text())
+
+    _both_refuse(path, r"tensor shrink\.0\.bias holds 1 non-finite value")
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    with pytest.raises(WeightsError, match=r"tensor shrink\.0\.bias holds 1 non-finite value"):
+        model_from_bytes(buf.getvalue(), meta)
+    # the same tensors, finite, load
+    state["shrink.0.bias"][2] = 0.5
+    torch.save(state, path)
+    assert check_weights(path, scale=2).spec == spec
+    load_model(path, scale=2)
+
+
+def test_model_from_bytes_refuses_tensors_of_another_shape_as_a_weights_error() -> None:
+    import io
+
+    from superres.model import model_from_bytes
+
+    buf = io.BytesIO()
+    torch.save(FSRCNN(ModelSpec(2, 8, 4, 1)).state_dict(), buf)
+    with pytest.raises(WeightsError, match="tensors do not match"):
+        model_from_bytes(buf.getvalue(), ModelMeta.for_spec(ModelSpec(2, 16, 4, 1)))
