@@ -39,7 +39,7 @@ system-deps:
 setup: $(STAMP) system-deps
 
 run: setup
-	$(PY) -m superres.orchestration.localrun $(if $(DATE),--date $(DATE)) $(if $(N),--n $(N)) $(if $(SCALE),--scale $(SCALE))
+	$(PY) -m superres.orchestration.localrun $(if $(DATE),--date "$(DATE)") $(if $(N),--n "$(N)") $(if $(SCALE),--scale "$(SCALE)")
 
 up: setup
 	$(PY) -m superres.orchestration.stack up

@@ -66,16 +66,16 @@ default_args = {
         "image_height": Param(512, type="integer", minimum=16, maximum=5000, title="Photo height (px)"),
         "mode": Param("evaluate", type="string", enum=["evaluate", "upscale"],
                       title="evaluate: downscale, SR and compare; upscale: SR the photo as is"),
-        "ds": Param(None, type=["null", "string"], title="Run date override (YYYY-MM-DD)",
+        "ds": Param(None, type=["null", "string"], format="date", title="Run date override (YYYY-MM-DD)",
                     description="Leave empty to use the run's logical date (or run_after)."),
     },
 )
 def superres_daily():
     @task
     def resolve(params=None, dag_run=None, run_id=None):
-        from superres.orchestration.run import describe_run
+        from superres.orchestration.run import resolve as describe
 
-        return describe_run(dict(params or {}), run_id, dag_run.logical_date, dag_run.run_after)
+        return describe(dict(params or {}), run_id, dag_run.logical_date, dag_run.run_after)
 
     @task
     def fetch(run: dict):

@@ -31,7 +31,8 @@ def _reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-def _positive(text: str) -> int:
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1, else exit 2 with the usage."""
     try:
         value = int(text)
     except ValueError:
@@ -273,16 +274,16 @@ def build_parser() -> argparse.ArgumentParser:
     common(up, _non_negative)
     up.add_argument("--out", required=True,
                     help="folder for the PNGs: <stem>.png, or <name>.png for a later input of the same stem")
-    up.add_argument("--tile", type=_positive, default=None, help="LR tile size in pixels")
+    up.add_argument("--tile", type=positive_int, default=None, help="LR tile size in pixels")
     up.add_argument("--model", default=None, help="weights .pt (default: include/models)")
-    up.add_argument("--max-pixels", type=_positive, default=images.DEFAULT_MAX_PIXELS)
+    up.add_argument("--max-pixels", type=positive_int, default=images.DEFAULT_MAX_PIXELS)
     up.set_defaults(func=cmd_upscale)
 
     ev = sub.add_parser("evaluate", help="PSNR/SSIM of SR and bicubic under the paper protocol")
     ev.add_argument("hr_dir")
     common(ev, _non_negative)
     ev.add_argument("--json", default=None, help="report file (its folder is created)")
-    ev.add_argument("--tile", type=_positive, default=None)
+    ev.add_argument("--tile", type=positive_int, default=None)
     ev.add_argument("--model", default=None)
     ev.set_defaults(func=cmd_evaluate)
 

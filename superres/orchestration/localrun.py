@@ -116,14 +116,31 @@ def summary(settings: Settings, ds: str) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _date(text: str) -> str:
+    """``--date``: a real calendar date, checked before anything is started."""
+    from superres.pipeline.layout import check_ds
+
+    try:
+        return check_ds(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """``make run``'s arguments, refused by the parser (exit 2) before any service starts."""
+    from superres.cli import positive_int
+
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--date", default=None, help="run date YYYY-MM-DD (default: today, UTC)")
-    p.add_argument("--n", type=int, default=None, help="photos to fetch")
+    p.add_argument("--date", type=_date, default=None, help="run date YYYY-MM-DD (default: today, UTC)")
+    p.add_argument("--n", type=positive_int, default=None, help="photos to fetch")
     p.add_argument("--scale", type=int, default=None, choices=(2, 3, 4))
     p.add_argument("--mode", default=None, choices=("evaluate", "upscale"))
-    p.add_argument("--tile-size", type=int, default=None)
-    args = p.parse_args(argv)
+    p.add_argument("--tile-size", type=positive_int, default=None)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     ds = args.date or dt.datetime.now(dt.UTC).date().isoformat()
     conf = {k: v for k, v in {"num_images": args.n, "scale": args.scale, "mode": args.mode,
                               "tile_size": args.tile_size}.items() if v is not None}

@@ -180,8 +180,11 @@ def notify(run: dict[str, Any] | None, context: dict[str, Any]) -> dict[str, Any
     dag_id, run_id = dag_run.dag_id, dag_run.run_id
     failed = failed_tasks_of(ti, dag_id, run_id)
     settings = load()
-    if run is None:  # resolve itself failed: there is no date to read reports from
-        raise RuntimeError(f"run {run_id} failed before its date was resolved; tasks failed: {failed}")
+    if run is None:  # resolve itself failed: there is no date, so no event can ever be built
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException(f"run {run_id} failed before its date was resolved, so there is "
+                                   f"no event to send; tasks failed: {failed}")
     from superres.orchestration.lease import LeaseHeld
     from superres.orchestration.tasks import hold_date, release_date, storage_for
 

@@ -26,7 +26,10 @@ def check_ds(ds: str) -> str:
     """Accept only a real calendar date in ISO form (also blocks path tricks)."""
     if not isinstance(ds, str) or not _DS.match(ds):
         raise ValueError(f"run date must look like YYYY-MM-DD, got {ds!r}")
-    dt.date.fromisoformat(ds)
+    try:
+        dt.date.fromisoformat(ds)
+    except ValueError as exc:
+        raise ValueError(f"run date {ds!r} is not a calendar date ({exc})") from None
     return ds
 
 
