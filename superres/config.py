@@ -106,6 +106,19 @@ class Settings:
     # Base URL of the notifier, for re-delivery outside Airflow and for `make run`'s
     # notifier_default connection; in Airflow the connection is what the callback uses.
     notifier_url: str = "http://127.0.0.1:8090"
+    # How `python -m notifier` serves it (notifier.serve: waitress, for `make up`, `make run`
+    # and compose alike).  Every connection is bounded: one with no byte in either direction
+    # for notifier_idle_timeout_s is closed (a silent client, an idle keep-alive); a request
+    # whose line, headers and body have not all arrived notifier_request_timeout_s after its
+    # first byte is dropped (a slow-header client trickling bytes); headers past
+    # notifier_max_header_bytes are refused with 431; past notifier_connection_limit open
+    # connections, new ones wait in the listen backlog until one closes.  notifier_threads
+    # run the app; requests are buffered whole before the app sees them.
+    notifier_threads: int = 4
+    notifier_connection_limit: int = 100
+    notifier_idle_timeout_s: int = 30
+    notifier_request_timeout_s: int = 60
+    notifier_max_header_bytes: int = 65536
 
     # Notifier callback signing.
     callback_secret: Secret = field(default_factory=lambda: Secret(""))
@@ -132,6 +145,10 @@ class Settings:
                              "so a shorter lease could expire under a running task")
         if self.worker_daemon_idle_s < 0:
             raise ValueError(f"worker_daemon_idle_s must be >= 0 (0: never), got {self.worker_daemon_idle_s}")
+        for name in ("notifier_threads", "notifier_connection_limit", "notifier_idle_timeout_s",
+                     "notifier_request_timeout_s", "notifier_max_header_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.min_success_ratio <= 1.0:
             raise ValueError("min_success_ratio must be within [0, 1]")
         if not isinstance(self.callback_secret, Secret):
