@@ -73,6 +73,9 @@ class Settings:
     lease_ttl_s: int = 14400
     lease_wait_s: int = 3600
     lease_poll_s: float = 10.0
+    # True only where every task of a run runs in one process (`make run`'s `airflow dags
+    # test`): the lease then names that process, and a killed run's date is free at once.
+    lease_process_scoped: bool = False
     # Longest any one task may run (Airflow's execution_timeout): a hung Spark job or an
     # unreachable Spark Connect server fails the task, which is retried, and notify still
     # reports the run.  It includes waiting for the date's lease, so it must exceed lease_wait_s.

@@ -10,12 +10,21 @@ The lease is created with the storage's compare-and-set (``create_exclusive``:
 O_EXCL locally, ``If-None-Match: *`` on S3), renewed by every task of the
 holding run, released by the final ``notify`` task, and expires after
 ``lease_ttl_s`` so that a run killed from outside cannot block its date forever.
+
+A run whose every task runs inside one process (``make run``'s ``airflow dags
+test``: ``process_scoped``) records that process in its lease.  When that process
+is provably gone (no such pid on the same host, or the pid now belongs to a
+younger process) the run is dead, and the next run takes the date over at once
+instead of waiting for the lease to expire.  Under a scheduler each task is its
+own process, so only the TTL can tell there.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -39,35 +48,77 @@ def _read(storage: Storage, ds: str) -> dict[str, Any] | None:
         return {"owner": None, "expires_at": 0}
 
 
-def _record(ds: str, owner: str, now: float, ttl_s: float, since: float | None = None) -> dict[str, Any]:
-    return {"ds": ds, "owner": owner, "acquired_at": since or now, "renewed_at": now,
-            "expires_at": now + ttl_s}
+def _record(ds: str, owner: str, now: float, ttl_s: float, since: float | None = None,
+            process: dict[str, Any] | None = None) -> dict[str, Any]:
+    record = {"ds": ds, "owner": owner, "acquired_at": since or now, "renewed_at": now,
+              "expires_at": now + ttl_s}
+    if process:
+        record["process"] = process
+    return record
+
+
+def this_process() -> dict[str, Any]:
+    """Who this process is, in a form that tells it apart from a later one with the same pid."""
+    import psutil
+
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": psutil.Process().create_time()}
+
+
+def holder_gone(record: dict[str, Any]) -> bool:
+    """True when the lease names the one process its run lives in, and that process has ended.
+
+    Only a process on this host can be checked; anything else is not proof.
+    """
+    import psutil
+
+    proc = record.get("process")
+    if not isinstance(proc, dict) or proc.get("host") != socket.gethostname():
+        return False
+    try:
+        p = psutil.Process(int(proc["pid"]))
+        if p.status() == psutil.STATUS_ZOMBIE:
+            return True
+        return abs(p.create_time() - float(proc["started"])) > 1.0  # the pid was reused
+    except psutil.NoSuchProcess:
+        return True
+    except (KeyError, TypeError, ValueError, psutil.Error):
+        return False
+
+
+WAIT_REPORT_S = 60.0  # how often a waiting run says again what it waits for
 
 
 def hold(storage: Storage, ds: str, owner: str, *, ttl_s: float, wait_s: float, poll_s: float = 10.0,
-         clock: Callable[[], float] = time.time,
+         process_scoped: bool = False, clock: Callable[[], float] = time.time,
          sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
     """Acquire the date's lease for ``owner``, or renew it if ``owner`` already holds it.
 
-    Waits while another live run holds it; raises :class:`LeaseHeld` after ``wait_s``.
+    Waits while another live run holds it, saying so every minute; raises
+    :class:`LeaseHeld` after ``wait_s``.  ``process_scoped``: the whole run lives in
+    this process, which the lease then names (see the module docstring).
     """
     key = layout.lease_key(ds)
-    deadline = clock() + wait_s
-    waited = False
+    process = this_process() if process_scoped else None
+    start = clock()
+    deadline = start + wait_s
+    reported: float | None = None
     while True:
         now = clock()
         current = _read(storage, ds)
         if current is None:
-            if storage.create_exclusive(key, json.dumps(_record(ds, owner, now, ttl_s)).encode()):
+            record = _record(ds, owner, now, ttl_s, process=process)
+            if storage.create_exclusive(key, json.dumps(record).encode()):
                 log.info("ds=%s: lease acquired by %s", ds, owner)
-                return _record(ds, owner, now, ttl_s)
+                return record
             continue  # someone created it between our read and create: look again
         if current.get("owner") == owner:
-            record = _record(ds, owner, now, ttl_s, since=current.get("acquired_at"))
+            record = _record(ds, owner, now, ttl_s, since=current.get("acquired_at"), process=process)
             storage.write_json(key, record)
             return record
-        if float(current.get("expires_at", 0)) <= now:
-            log.warning("ds=%s: taking over the expired lease of %s", ds, current.get("owner"))
+        gone = holder_gone(current)
+        if gone or float(current.get("expires_at", 0)) <= now:
+            why = (f"its process {current['process'].get('pid')} has ended" if gone else "it expired")
+            log.warning("ds=%s: taking over the lease of run %s: %s", ds, current.get("owner"), why)
             # Re-read right before deleting so we only remove the stale record we saw.
             if _read(storage, ds) == current:
                 storage.delete_prefix(layout.lease_prefix(ds))
@@ -78,9 +129,11 @@ def hold(storage: Storage, ds: str, owner: str, *, ttl_s: float, wait_s: float, 
                 f"{_iso(current.get('renewed_at'))}, expires {_iso(current.get('expires_at'))}); "
                 f"waited {wait_s:.0f}s. Rerun this date when that run has finished."
             )
-        if not waited:
-            log.info("ds=%s: run %s holds the date; waiting up to %.0fs", ds, current.get("owner"), wait_s)
-            waited = True
+        if reported is None or now - reported >= WAIT_REPORT_S:
+            log.warning("ds=%s: waiting for run %s, which holds the date (lease renewed at %s); "
+                        "waited %.0fs of up to %.0fs", ds, current.get("owner"),
+                        _iso(current.get("renewed_at")), now - start, wait_s)
+            reported = now
         sleep(min(poll_s, max(deadline - now, 0.0)) or poll_s)
 
 

@@ -12,13 +12,18 @@ uses the live service instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -116,6 +121,131 @@ def summary(settings: Settings, ds: str) -> str:
     return "\n".join(lines)
 
 
+_STAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}")
+_MESSAGE = re.compile(r"\[\s*\w+\s*\] (.*?)(?: \[[\w.]+\](?: |$)|$)")
+_START = re.compile(r"\[DAG TEST\] starting task_id=(\S+)")
+_END = re.compile(r"\[DAG TEST\] end task task_id=(\S+)")
+_TRACEBACK_MARKERS = ("Traceback (most recent call last)", "The above exception", "During handling")
+_SAID = ("which holds the date", "taking over the lease")  # lease lines a waiting user must see
+
+
+@dataclass
+class DagTestLog:
+    """What ``airflow dags test`` says, line by line: each task's tries and, for a failed
+    try, the line naming its exception (the last exception of the traceback)."""
+
+    tries: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)  # task -> error of its last try, if it failed
+    _task: str | None = None
+    _started: float = 0.0
+    _in_traceback: bool = False
+    _prev_indented: bool = False
+    _error: str | None = None
+
+    def feed(self, line: str, now: float | None = None) -> str | None:
+        """Take one log line; returns what the console should say about it, if anything."""
+        line = line.rstrip("\n")
+        now = time.time() if now is None else now
+        stamped = bool(_STAMP.match(line))
+        if self._in_traceback and stamped and self._error is not None:
+            self._in_traceback = False
+        elif self._in_traceback and not stamped:
+            indented = line[:1].isspace()
+            if line and not indented and self._prev_indented and not line.startswith(_TRACEBACK_MARKERS):
+                self._error = line.strip()
+            self._prev_indented = indented or line.startswith(_TRACEBACK_MARKERS)
+            return None
+        if (m := _START.search(line)) is not None:
+            self._task, self._started, self._error = m.group(1), now, None
+            self.tries[self._task] = self.tries.get(self._task, 0) + 1
+            return None
+        if "Task failed with exception" in line:
+            self._in_traceback, self._prev_indented, self._error = True, False, None
+            return None
+        if (m := _END.search(line)) is not None:
+            task, took = m.group(1), now - self._started
+            try_no = self.tries.get(task, 1)
+            if self._error is not None:
+                self.errors[task] = self._error
+                return f"  {task}: FAILED (try {try_no}, {took:.0f}s): {self._error[:300]}"
+            self.errors.pop(task, None)
+            return f"  {task}: done ({took:.0f}s)" + (f" on try {try_no}" if try_no > 1 else "")
+        if any(said in line for said in _SAID):
+            m = _MESSAGE.search(line)
+            return "  " + (m.group(1) if m else line)
+        return None
+
+    def failures(self) -> list[str]:
+        """One line per task whose last try failed; the watcher only when nothing else failed."""
+        tasks = [t for t in self.errors if t != "watcher"] or list(self.errors)
+        return [f"{t} failed after {self.tries.get(t, 1)} tr{'y' if self.tries.get(t, 1) == 1 else 'ies'}: "
+                f"{self.errors[t][:400]}" for t in tasks]
+
+
+class Stopped(Exception):
+    """``make run`` got SIGTERM, SIGINT or SIGHUP."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def stop_tree(proc: subprocess.Popen, grace_s: float = 30.0) -> None:
+    """Stop ``proc`` (the leader of its own session) and everything under it.
+
+    SIGTERM first, so that Airflow kills its running task the way it does on a worker
+    (the Spark operator stops its spark-submit), then SIGKILL for whatever is left,
+    including processes that left the session.
+    """
+    import psutil
+
+    try:
+        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        tree = []
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    _, alive = psutil.wait_procs(tree, timeout=grace_s)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(alive, timeout=10)
+    proc.wait()
+
+
+def run_dags_test(cmd: list[str], env: dict[str, str], log_path: Path,
+                  echo: Callable[[str], None] = print) -> tuple[int, DagTestLog]:
+    """Run ``airflow dags test`` into ``log_path``, saying on the console what each task did.
+
+    The child runs in its own session; if ``make run`` is stopped (SIGTERM, SIGINT,
+    SIGHUP), the child and all its processes are stopped before :class:`Stopped` is raised.
+    """
+    parsed = DagTestLog()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        raise Stopped(signum)
+
+    handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        with log_path.open("wb") as log:
+            for raw in proc.stdout:  # type: ignore[union-attr]
+                log.write(raw)
+                log.flush()
+                said = parsed.feed(raw.decode(errors="replace"))
+                if said:
+                    echo(said)
+        return proc.wait(), parsed
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+        if proc.poll() is None:
+            stop_tree(proc)
+
+
 def _date(text: str) -> str:
     """``--date``: a real calendar date, checked before anything is started."""
     from superres.pipeline.layout import check_ds
@@ -162,13 +292,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"offline Picsum source on {started}")
         print(f"running {DAG_ID} for {ds} {json.dumps(conf)} (log: {log_path})", flush=True)
         t0 = time.time()
-        with log_path.open("w") as log:
-            cmd = [sys.executable, "-m", "airflow", "dags", "test", DAG_ID, ds, "-c", json.dumps(conf)]
-            rc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+        cmd = [sys.executable, "-m", "airflow", "dags", "test", DAG_ID, ds, "-c", json.dumps(conf)]
+        # Every task of this run runs inside that one process, so its lease can name it.
+        child_env = dict(env, SUPERRES_LEASE_PROCESS_SCOPED="1")
+        try:
+            rc, parsed = run_dags_test(cmd, child_env, log_path, echo=lambda s: print(s, flush=True))
+        except Stopped as exc:
+            print(f"make run stopped by {exc}: airflow dags test and its tasks were stopped; "
+                  f"log: {log_path}", file=sys.stderr)
+            return 128 + exc.signum
         elapsed = time.time() - t0
     text = log_path.read_text(errors="replace")
     if rc != 0 or "state=success" not in text.split("DagRun Finished")[-1]:
-        print("\n".join(text.splitlines()[-40:]))
+        for line in parsed.failures() or [f"airflow dags test exited with {rc}"]:
+            print(f"  {line}", file=sys.stderr)
         print(f"run FAILED for ds={ds} after {elapsed:.0f}s; full log: {log_path}", file=sys.stderr)
         return 1
     print(summary(settings, ds))

@@ -31,7 +31,8 @@ def hold_date(run: dict[str, Any], storage: Storage | None = None,
     """Take (or renew) the date's lease before writing anything for it; waits for another run."""
     s = settings_of(run)
     return lease.hold(storage or storage_for(run), run["ds"], lease_owner(run), ttl_s=s.lease_ttl_s,
-                      wait_s=s.lease_wait_s if wait_s is None else wait_s, poll_s=s.lease_poll_s)
+                      wait_s=s.lease_wait_s if wait_s is None else wait_s, poll_s=s.lease_poll_s,
+                      process_scoped=s.lease_process_scoped)
 
 
 def release_date(run: dict[str, Any], storage: Storage | None = None) -> bool:

@@ -169,7 +169,8 @@ def test_two_dates_side_by_side_and_the_same_date_twice(
         assert out["report"]["ds"] == ds
         assert not (storage / f"locks/ds={ds}").exists()
     # Exactly one of the two same-date runs waited for the other's lease.
-    waited = [n for n in ("a", "a2") if "holds the date; waiting" in (tmp_path / f"{n}.log").read_text()]
+    waited = [n for n in ("a", "a2")
+              if "which holds the date (lease renewed at" in (tmp_path / f"{n}.log").read_text()]
     assert len(waited) == 1, waited
     assert "holds the date" not in (tmp_path / "b.log").read_text()
     # The date holds the complete output of the run that went last, not a mix of the two.
