@@ -36,6 +36,11 @@ bounds above.
 * Metric values are numbers or null: PSNR in ``PSNR_RANGE`` dB or
   ``Infinity`` (an exact reconstruction), SSIM in ``SSIM_RANGE``; NaN is read
   as null.  Timings are finite seconds within ``±MAX_SECONDS``.
+* ``metrics.images[].flags``: the evaluate stage's per-image gate
+  (``superres.pipeline.evaluate.image_flags``, e.g. ``sr_below_bicubic``,
+  ``near_constant_output``), an array of at most ``MAX_FLAGS`` ids of at most
+  ``MAX_FLAG`` characters, or null.  A flagged image is left out of
+  ``metrics.mean``; the pages show its flags (:func:`image_flags`).
 """
 
 from __future__ import annotations
@@ -67,6 +72,8 @@ MAX_KEY = 1024
 MAX_ITEMS = 100_000
 MAX_PROBLEMS = 20
 MAX_SECONDS = 1e9
+MAX_FLAGS = 16
+MAX_FLAG = 64
 PSNR_RANGE = (0.0, 1000.0)
 SSIM_RANGE = (-1.0, 1.0)
 _SSIM_BOUNDS = (SSIM_RANGE[0] - 1e-6, SSIM_RANGE[1] + 1e-6)  # float rounding of a perfect score
@@ -269,6 +276,13 @@ class _Checker:
         if not (isinstance(value, bool) or (value is None and nullable)):
             self.fail(path, "a boolean" + (" or null" if nullable else ""))
 
+    def flags(self, value: Any, path: str) -> None:
+        if value is not None and (not isinstance(value, list) or len(value) > MAX_FLAGS):
+            self.fail(path, f"an array of at most {MAX_FLAGS} flags, or null")
+            return
+        for i, flag in enumerate(value or []):
+            self.name(flag, f"{path}[{i}]", limit=MAX_FLAG)
+
     def metrics(self, value: Any, path: str) -> dict[str, float | None] | None:
         data = self.obj(value, path)
         if data is None:
@@ -385,6 +399,7 @@ def parse_event(body: bytes) -> Event:
         if (entry := c.obj(item, path, nullable=False)) is not None:
             image_id = c.ident(entry.get("image_id"), f"{path}.image_id")
             values = c.metrics(entry, path)
+            c.flags(entry.get("flags"), f"{path}.flags")
             if image_id is not None and values is not None:
                 per_image[image_id] = values
 
@@ -454,3 +469,24 @@ def _is_time(value: Any) -> bool:
     except ValueError:
         return False
     return True
+
+
+def image_flags(document: Any) -> dict[str, tuple[str, ...]]:
+    """image_id -> the per-image gate's flags, from a stored event document (flagged images only).
+
+    The document was validated when it arrived; this still takes only what has the
+    documented shape, so an event stored before flags existed simply has none.
+    """
+    metrics = document.get("metrics") if isinstance(document, dict) else None
+    entries = metrics.get("images") if isinstance(metrics, dict) else None
+    out: dict[str, tuple[str, ...]] = {}
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, dict) or not isinstance(entry.get("flags"), list):
+            continue
+        image_id = entry.get("image_id")
+        if isinstance(image_id, int) and not isinstance(image_id, bool):
+            image_id = str(image_id)
+        flags = tuple(f for f in entry["flags"][:MAX_FLAGS] if is_id(f, MAX_FLAG))
+        if isinstance(image_id, str) and flags:
+            out[image_id] = flags
+    return out

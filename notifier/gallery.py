@@ -1,8 +1,12 @@
 """HTML pages: the gallery of recent images with the trend chart, and one page per run.
 
 Views only gather rows and shape loosely structured parts of the event (quality
-suites, timings) into simple lists; all formatting and escaping is left to the
-templates (autoescaped, nothing marked safe).
+suites, timings, each image's flags) into simple lists; all formatting and
+escaping is left to the templates (autoescaped, nothing marked safe).
+
+An image the evaluate stage's per-image gate flagged (``metrics.images[].flags``
+in the event: SR far below its bicubic, a near-constant output) is shown with
+its flags, and the run's mean says how many flagged images it leaves out.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from flask import Blueprint, abort, current_app, render_template
 
 from . import db
 from .chart import trend_chart
+from .events import image_flags
 
 bp = Blueprint("gallery", __name__)
 
@@ -23,10 +28,12 @@ def index() -> str:
     """Newest processed images side by side with their metrics, the runs and the PSNR-gain trend."""
     conn = db.get_db()
     cfg = current_app.config
+    runs = db.recent_runs(conn, int(cfg["RUNS_ON_INDEX"]))
     return render_template(
         "gallery.html",
-        images=db.recent_images(conn, int(cfg["GALLERY_SIZE"])),
-        runs=db.recent_runs(conn, int(cfg["RUNS_ON_INDEX"])),
+        images=_flagged(conn, db.recent_images(conn, int(cfg["GALLERY_SIZE"]))),
+        runs=runs,
+        latest_flagged=len(image_flags(db.event_document(runs[0]))) if runs else 0,
         chart=trend_chart(db.psnr_gain_trend(conn, int(cfg["TREND_POINTS"]))),
         refresh_s=int(cfg["REFRESH_S"]),
         gallery_size=int(cfg["GALLERY_SIZE"]),
@@ -42,11 +49,14 @@ def run(run_id: str) -> str:
     if row is None:
         abort(404, description="No report has been received for this run.")
     doc = db.event_document(row)
+    flags = image_flags(doc)
     return render_template(
         "run.html",
         run=row,
         doc=doc,
-        images=db.images_of(conn, row["idempotency_key"]),
+        images=[{**dict(img), "flags": flags.get(img["image_id"], ())}
+                for img in db.images_of(conn, row["idempotency_key"])],
+        flagged=len(flags),
         reports=db.reports_for_run(conn, run_id),
         failed_tasks=[t for t in doc.get("failed_tasks") or [] if isinstance(t, str)],
         quarantine=[q for q in doc.get("quarantine") or [] if isinstance(q, dict)],
@@ -54,6 +64,20 @@ def run(run_id: str) -> str:
         timings=_timings(doc.get("timings")),
         outputs=sorted((doc.get("outputs") or {}).items()),
     )
+
+
+def _flagged(conn: Any, rows: list[Any]) -> list[dict[str, Any]]:
+    """Image rows as dicts with their ``flags``, read from each row's (latest) event once."""
+    by_event: dict[str, dict[str, tuple[str, ...]]] = {}
+    out = []
+    for row in rows:
+        key = row["idempotency_key"]
+        if key not in by_event:
+            event = db.latest_for_run(conn, row["run_id"])
+            by_event[key] = image_flags(db.event_document(event)) \
+                if event is not None and event["idempotency_key"] == key else {}
+        out.append({**dict(row), "flags": by_event[key].get(row["image_id"], ())})
+    return out
 
 
 def _timings(raw: Any) -> list[dict[str, Any]]:

@@ -21,7 +21,13 @@ Otherwise it publishes, each as a whole partition that a rerun replaces:
     sr/ds=…/<image_id>.png               the staged outputs, byte for byte
     reports/ds=…/compare/<image_id>.png  HR | bicubic | SR crop (upscale mode: bicubic | SR)
     reports/ds=…/bicubic/<image_id>.png  the bicubic baseline
-    reports/ds=…/metrics.json            evaluate mode only
+    reports/ds=…/metrics.json            scores, per-image flags and means
+
+Both modes apply the per-image gate (``superres.pipeline.evaluate.image_flags``,
+thresholds ``--sr-below-bicubic-db`` and ``--near-constant-std``): a flagged
+image is published but listed with its flags in metrics.json and left out of
+its ``mean``.  Upscale mode has no ground truth, so its metrics.json has no
+scores, only each image's ``output_std`` and flags.
 """
 
 from __future__ import annotations
@@ -170,14 +176,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                     sr_files.put(name, audited_png(row, expected_sha, ds))
                     compare_files.put(name, bytes(row["compare_png"]))
                     bicubic_files.put(name, bytes(row["bicubic_png"]))
-                    if mode == "evaluate":
-                        scores.append({"image_id": row["image_id"], **{k: row[k] for k in KEYS}})
+                    scores.append({"image_id": row["image_id"], **{k: row[k] for k in KEYS},
+                                   "output_std": row["output_std"]})
                 if len(sr_files.entries) != len(ids):
                     raise RuntimeError(f"evaluated {len(sr_files.entries)} of {len(ids)} ok images")
 
-                report: dict[str, Any] | None = None
+                report = metrics_report(ds, scale, scores, mode=mode,
+                                        sr_below_bicubic_db=args.sr_below_bicubic_db,
+                                        near_constant_std=args.near_constant_std)
+                for flagged in report["flagged"]:
+                    log.warning("ds=%s image %s flagged %s; left out of the mean", ds, flagged["image_id"],
+                                ", ".join(flagged["flags"]))
                 if mode == "evaluate":
-                    report = metrics_report(ds, scale, scores)
                     try:
                         regression_gate(report)
                     except ModelRegressionError:
@@ -191,10 +201,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 bicubic_files.commit()
             published = {"sr": layout.sr_prefix(ds), "compare": compare_prefix(ds),
                          "bicubic": bicubic_prefix(ds)}
-            if report is not None:
-                storage.write_json(metrics_key, report)
-                published["metrics"] = metrics_key
-                summary.update(mean=report["mean"])
+            storage.write_json(metrics_key, report)
+            published["metrics"] = metrics_key
+            summary.update(mean=report["mean"], flagged=report["flagged_count"])
             summary.update(images=len(sr_files.entries), sr_bytes=marker["total_bytes"],
                            compare=len(compare_files.entries), bicubic=len(bicubic_files.entries),
                            outputs={k: storage.uri(v) for k, v in published.items()}, published=True)

@@ -64,6 +64,13 @@ class Settings:
     mode: str = "evaluate"
     batch_size: int = 16
     device: str = "auto"
+    # The per-image gate of the evaluate stage (superres.pipeline.evaluate.image_flags): an image
+    # whose SR PSNR is more than sr_below_bicubic_db below its own bicubic's is flagged
+    # sr_below_bicubic; one whose output's standard deviation (0..255, the largest over its
+    # colour channels) is below near_constant_std is flagged near_constant_output.  Flagged
+    # images are listed in metrics.json and on the gallery, and left out of its "mean".
+    sr_below_bicubic_db: float = 3.0
+    near_constant_std: float = 1.0
     backend: str = "auto"  # inference backend (superres.engine.BACKENDS); auto: fast
 
     # One run writes a date at a time (superres.orchestration.lease): how long a lease lives
@@ -154,6 +161,10 @@ class Settings:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.min_success_ratio <= 1.0:
             raise ValueError("min_success_ratio must be within [0, 1]")
+        for name in ("sr_below_bicubic_db", "near_constant_std"):
+            value = getattr(self, name)
+            if not 0.0 <= value < float("inf"):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
         if not isinstance(self.callback_secret, Secret):
             object.__setattr__(self, "callback_secret", Secret(self.callback_secret))
 

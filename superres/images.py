@@ -9,8 +9,25 @@ transparency), RGB, RGBA, CMYK, YCbCr/LAB/HSV, 16-bit and 32-bit integer
 grey, 16-bit RGB, any EXIF orientation.  Rejected: empty, truncated or corrupt
 data (for PNG every chunk's CRC is checked and IEND must be present, because
 Pillow itself skips the IDAT CRCs), non-image bytes, animations, float images,
-and anything over the pixel limit (checked from the header, before any pixel
-is decompressed).
+16-bit images that decode to black (see below), and anything over the pixel
+limit (checked from the header, before any pixel is decompressed).
+
+Images deeper than 8 bits a sample are read on their nominal scale, 0..65535
+for 16 bits, as the PNG specification defines it: 8-bit = round(v / 257) for
+grey, and Pillow's high byte (v >> 8, within one level of that) for 16-bit
+colour.  PNG's sBIT chunk does not change this: the specification has encoders
+scale samples to the full range and sBIT only says how many of the top bits
+are significant, so v / 257 is right with or without it (and Pillow does not
+expose sBIT).  Nothing is guessed from the content: a 16-bit file holding
+8-bit values 0..255 unscaled is, on that scale, black (at most 1/257 of
+white).  Such an image is refused (``black_16bit``) rather than processed into
+a black output or brightened by a guess that would also brighten every truly
+dark 16-bit photo.  The test is on the 8-bit result: a deep image none of
+whose colour samples comes out above 1 (of 255), i.e. none reaches 1/128 of
+white.
+
+Integer grey of mode ``I`` (a 16-bit PGM, a 32-bit TIFF) is on the same 16-bit
+scale, clipped to 0..65535 first.
 """
 
 from __future__ import annotations
@@ -30,6 +47,8 @@ except ImportError:  # pragma: no cover - requirements.txt installs it; stdlib z
     _deflate = zlib
 
 DEFAULT_MAX_PIXELS = 40_000_000
+# A deep image whose 8-bit result has no colour sample above this is black (see the module doc).
+BLACK_16BIT_PEAK = 1
 
 ALLOWED_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "PPM"}
 
@@ -94,11 +113,43 @@ def _normalise_mode(img: Image.Image) -> Image.Image:
     if mode == "RGBX" or mode == "RGBa":
         return img.convert("RGBA" if mode == "RGBa" else "RGB")
     if mode.startswith("I;16") or mode == "I":
-        # 16/32-bit grey: keep the top 8 bits of the used range (16-bit full scale).
-        arr = np.asarray(img, dtype=np.float64)
-        peak = 65535.0 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
-        return Image.fromarray(np.clip(np.rint(arr / peak * 255.0), 0, 255).astype(np.uint8))
+        # 16/32-bit integer grey: the 16-bit scale, whatever range the samples use (module doc).
+        arr = np.clip(np.asarray(img, dtype=np.float64), 0, 65535)
+        return Image.fromarray(np.rint(arr / 257.0).astype(np.uint8))
     raise ImageError("unsupported_mode", f"unsupported pixel mode {mode!r}")
+
+
+def is_deep(img: Image.Image) -> bool:
+    """True for an image with more than 8 bits a sample, read (call before ``load``).
+
+    Integer grey modes are deep.  Pillow hands 16-bit colour over as 8-bit RGB/RGBA:
+    its reader's raw mode (``RGB;16B``, ``LA;16B``, ...) or, for PPM, the declared
+    maximum value says that the file was deeper.
+    """
+    if img.mode.startswith("I;16") or img.mode == "I":
+        return True
+    for tile in getattr(img, "tile", None) or ():
+        args = tile.args if isinstance(tile.args, tuple) else (tile.args,)
+        rawmode = args[0] if args and isinstance(args[0], str) else ""
+        if ";16" in rawmode or ";32" in rawmode:
+            return True
+        if tile.codec_name == "ppm" and len(args) > 1 and isinstance(args[1], int) and args[1] > 255:
+            return True
+    return False
+
+
+def check_not_black_16bit(pixels: np.ndarray, deep: bool) -> None:
+    """Refuse a deep image that decodes to black on its nominal scale (the module doc says why)."""
+    if not deep:
+        return
+    colour = pixels if pixels.ndim == 2 else pixels[..., :3] if pixels.shape[2] >= 3 else pixels[..., :1]
+    if int(colour.max(initial=0)) <= BLACK_16BIT_PEAK:
+        raise ImageError(
+            "black_16bit",
+            "16-bit image decodes to black: no sample reaches 1/128 of white on the 16-bit scale "
+            "(8-bit values 0..255 stored without scaling?); save it as 8-bit or scale its samples "
+            "to 0..65535",
+        )
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -167,6 +218,7 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
             frames = getattr(img, "n_frames", 1)
             if frames > 1:
                 raise ImageError("animated", f"animated {fmt} with {frames} frames is not supported")
+            deep = is_deep(img)
             img.load()
     except ImageError:
         raise
@@ -190,7 +242,9 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
     except Exception as exc:  # a broken EXIF block must not sink a good photo
         raise ImageError("corrupt", f"unreadable EXIF orientation: {exc}") from exc
     img = _normalise_mode(img)
-    return Decoded(np.ascontiguousarray(np.asarray(img, dtype=np.uint8)), fmt, source_mode)
+    pixels = np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
+    check_not_black_16bit(pixels, deep)
+    return Decoded(pixels, fmt, source_mode)
 
 
 def read(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:

@@ -157,7 +157,8 @@ def test_upscale_artifacts_compare_bicubic_with_sr() -> None:
     lr = smooth_image(100, 90, seed=5)
     sr = noisy(bicubic_image(lr, SCALE), 3.0)
     out = upscale_artifacts("u", png(sr), png(lr), SCALE)
-    assert set(out) == {"image_id", "bicubic_png", "compare_png"}
+    assert set(out) == {"image_id", "bicubic_png", "compare_png", "output_std"}
+    assert out["output_std"] == stage.output_std(sr) > 10
     assert png_size(out["compare_png"]) == (2 * COMPARE_CROP + COMPARE_GAP, COMPARE_CROP)
     assert np.array_equal(images.decode(out["bicubic_png"]).pixels, bicubic_image(lr, SCALE))
 
@@ -231,14 +232,19 @@ def test_metrics_report_has_the_exact_shape() -> None:
         {"image_id": "a", "psnr": 33.0, "ssim": 0.92, "psnr_bicubic": 31.0, "ssim_bicubic": 0.9},
     ]
     report = metrics_report("2026-01-05", 2, rows)
-    assert list(report) == ["ds", "scale", "images", "mean"]
-    assert report["ds"] == "2026-01-05" and report["scale"] == 2
+    assert list(report) == ["ds", "scale", "mode", "images", "mean", "mean_images", "flagged_count",
+                            "flagged", "mean_all", "gate"]
+    assert report["ds"] == "2026-01-05" and report["scale"] == 2 and report["mode"] == "evaluate"
     assert [r["image_id"] for r in report["images"]] == ["a", "b"]
-    assert all(list(r) == ["image_id", *KEYS] for r in report["images"])
+    assert all(list(r) == ["image_id", *KEYS, "output_std", "flags"] for r in report["images"])
+    assert all(r["flags"] == [] and r["output_std"] is None for r in report["images"])
     assert list(report["mean"]) == list(KEYS)
-    assert report["mean"] == mean_of(report["images"])
+    assert report["mean"] == mean_of(report["images"]) == report["mean_all"]
     assert report["mean"]["psnr"] == pytest.approx(32.0)
-    assert metrics_report("2026-01-05", 2, [])["mean"] == dict.fromkeys(KEYS)
+    assert (report["mean_images"], report["flagged_count"], report["flagged"]) == (2, 0, [])
+    assert report["gate"] == {"sr_below_bicubic_db": 3.0, "near_constant_std": 1.0}
+    empty = metrics_report("2026-01-05", 2, [])
+    assert (empty["mean"], empty["mean_all"], empty["mean_images"]) == (None, None, 0)
 
 
 def test_regression_gate_passes_a_better_model_and_fails_a_worse_one() -> None:
@@ -313,9 +319,9 @@ def test_spark_evaluate_job_publishes_only_after_the_gate(tmp_path: Path,
 
     storage, staging = LocalStorage(tmp_path / "store"), tmp_path / "staging"
 
-    def run(ds: str) -> int:
+    def run(ds: str, mode: str = "evaluate") -> int:
         return job.main(["--ds", ds, "--storage-uri", str(storage.root), "--staging-uri", str(staging),
-                         "--scale", str(SCALE), "--mode", "evaluate", "--partitions", "1"])
+                         "--scale", str(SCALE), "--mode", mode, "--partitions", "1"])
 
     # 1. A model that beats bicubic: everything is published; a stale file from an earlier run goes.
     # One image per publish chunk, so the driver fetches the results in two round trips.
@@ -331,10 +337,12 @@ def test_spark_evaluate_job_publishes_only_after_the_gate(tmp_path: Path,
         files = storage.read_partition(f"reports/ds={good}/{artifact}")
         assert sorted(files) == ["p1.png", "p2.png"]
     report = storage.read_json(layout.report_key(good, "metrics.json"))  # stored with sorted keys
-    assert set(report) == {"ds", "scale", "images", "mean"}
+    assert set(report) == {"ds", "scale", "mode", "images", "mean", "mean_images", "flagged_count",
+                           "flagged", "mean_all", "gate"}
     assert report["ds"] == good and report["scale"] == SCALE
     assert [r["image_id"] for r in report["images"]] == ["p1", "p2"]
-    assert all(set(r) == {"image_id", *KEYS} for r in report["images"])
+    assert all(set(r) == {"image_id", *KEYS, "output_std", "flags"} for r in report["images"])
+    assert report["flagged"] == [] and report["mean_images"] == 2
     assert set(report["mean"]) == set(KEYS)
     assert report["mean"]["psnr"] > report["mean"]["psnr_bicubic"]
     summary = storage.read_json(layout.report_key(good, "stages/evaluate.json"))
@@ -345,7 +353,16 @@ def test_spark_evaluate_job_publishes_only_after_the_gate(tmp_path: Path,
     codecs = {pq.ParquetFile(f).metadata.row_group(0).column(0).compression
               for f in evaluated.glob("chunk=*/*.parquet")}
     assert codecs == {"UNCOMPRESSED"}
-    assert summary["mean"] == report["mean"]
+    assert summary["mean"] == report["mean"] and summary["flagged"] == 0
+
+    # 1b. Upscale mode over the same staged outputs: no scores, but each image's output_std and flags.
+    assert run(good, mode="upscale") == 0
+    upscaled = storage.read_json(layout.report_key(good, "metrics.json"))
+    assert upscaled["mode"] == "upscale" and upscaled["mean"] is None and upscaled["mean_all"] is None
+    assert [(r["image_id"], r["psnr"], r["flags"]) for r in upscaled["images"]] == [
+        ("p1", None, []), ("p2", None, [])]
+    assert all(r["output_std"] > 1 for r in upscaled["images"])
+    assert storage.read_partition(layout.sr_prefix(good)) == staged
 
     # 2. A model worse than bicubic: the job fails, metrics.json explains why, nothing is published.
     bad = "2026-01-06"
@@ -353,7 +370,7 @@ def test_spark_evaluate_job_publishes_only_after_the_gate(tmp_path: Path,
     with pytest.raises(ModelRegressionError, match="not above the bicubic baseline"):
         run(bad)
     failed = storage.read_json(layout.report_key(bad, "metrics.json"))
-    assert failed["mean"]["psnr"] < failed["mean"]["psnr_bicubic"]
+    assert failed["mean_all"]["psnr"] < failed["mean_all"]["psnr_bicubic"]
     assert storage.list(layout.sr_prefix(bad)) == []
     assert not storage.exists(f"{layout.sr_prefix(bad)}/{SUCCESS}")
     assert storage.list(layout.report_key(bad, "compare")) == []

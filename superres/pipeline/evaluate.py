@@ -18,6 +18,15 @@ PSNR is infinite when SR equals HR.  JSON has no infinity, so
 :func:`metrics_report` caps PSNR at :data:`PSNR_CAP_DB`: a finite PSNR of
 8-bit Y planes is at most ``10*log10(255**2 * N)`` (about 125 dB for the
 40 MP pixel limit), so the cap can only mean "identical".
+
+The per-image gate (:func:`image_flags`, applied by :func:`metrics_report`)
+flags an image whose SR scores far below its own bicubic (``sr_below_bicubic``)
+or whose output is near-constant (``near_constant_output``, the one check that
+upscale mode, without ground truth, can make).  A flagged image is still
+published, but it is listed with its flags in ``metrics.json``, shown flagged
+on the gallery, and left out of the report's ``mean``; ``mean_all`` keeps
+every image, and is what the regression gate judges the model on, so a flag
+can never make a weak model look better.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ import numpy as np
 import pyarrow as pa
 
 from superres import images, metrics
+from superres.config import Settings
 from superres.engine import bicubic_rgb, luma, upscale_bicubic_plane
 from superres.evaluate import KEYS, mean_of
 from superres.resize import crop_to_multiple, resize_plane
@@ -47,7 +57,13 @@ EVAL_SCHEMA = pa.schema([
     ("psnr", pa.float64()), ("ssim", pa.float64()),
     ("psnr_bicubic", pa.float64()), ("ssim_bicubic", pa.float64()),
     ("bicubic_png", pa.binary()), ("compare_png", pa.binary()),
+    ("output_std", pa.float64()),
 ])
+
+# The per-image gate's flags (image_flags), in the order they are listed.
+SR_BELOW_BICUBIC = "sr_below_bicubic"
+NEAR_CONSTANT_OUTPUT = "near_constant_output"
+FLAGS = (SR_BELOW_BICUBIC, NEAR_CONSTANT_OUTPUT)
 
 
 class ModelRegressionError(RuntimeError):
@@ -125,6 +141,15 @@ def side_by_side(panels: Sequence[np.ndarray], window: tuple[int, int, int, int]
     return out
 
 
+def output_std(pixels: np.ndarray) -> float:
+    """How far an output is from constant: the largest standard deviation (0..255) of its
+    colour channels (alpha is left out, as the scores leave it out)."""
+    colour = display_rgb(pixels)
+    if colour.size == 0:
+        return 0.0
+    return float(max(np.std(colour[..., c], dtype=np.float64) for c in range(colour.shape[2])))
+
+
 def _check_size(image_id: str, what: str, got: np.ndarray, want: tuple[int, int], why: str) -> None:
     h, w = got.shape[:2]
     if (h, w) != want:
@@ -134,6 +159,11 @@ def _check_size(image_id: str, what: str, got: np.ndarray, want: tuple[int, int]
 
 
 # --------------------------------------------------------------------------- per image
+
+
+def _decode(data: bytes, max_pixels: int) -> np.ndarray:
+    """Pixels of a photo the fetch check admitted or of the run's own PNGs."""
+    return images.decode(data, max_pixels=max_pixels).pixels
 
 
 def sr_max_pixels(max_pixels: int, scale: int) -> int:
@@ -149,9 +179,9 @@ def evaluate_image(image_id: str, hr_bytes: bytes, sr_png: bytes, lr_png: bytes,
     makes the LR; SR must then be exactly that size and the LR ``1/scale`` of it.
     PSNR is ``inf`` when SR equals HR (see :data:`PSNR_CAP_DB` for the JSON).
     """
-    hr = crop_to_multiple(images.decode(hr_bytes, max_pixels=max_pixels).pixels, scale)
-    sr = images.decode(sr_png, max_pixels=sr_max_pixels(max_pixels, scale)).pixels
-    lr = images.decode(lr_png, max_pixels=max_pixels).pixels
+    hr = crop_to_multiple(_decode(hr_bytes, max_pixels), scale)
+    sr = _decode(sr_png, sr_max_pixels(max_pixels, scale))
+    lr = _decode(lr_png, max_pixels)
     size = hr.shape[:2]
     why = f"the HR photo cropped to a multiple of x{scale}"
     _check_size(image_id, "the SR output", sr, size, why)
@@ -166,14 +196,15 @@ def evaluate_image(image_id: str, hr_bytes: bytes, sr_png: bytes, lr_png: bytes,
         "ssim_bicubic": metrics.ssim(hr_y, bic_y, shave=scale),
         "bicubic_png": images.encode_png(bicubic),
         "compare_png": images.encode_png(side_by_side([hr, bicubic, sr], texture_window(hr_y))),
+        "output_std": output_std(sr),
     }
 
 
 def upscale_artifacts(image_id: str, sr_png: bytes, lr_png: bytes, scale: int,
                       max_pixels: int = images.DEFAULT_MAX_PIXELS) -> dict[str, Any]:
     """Upscale mode (no ground truth): the bicubic PNG and a bicubic | SR comparison."""
-    sr = images.decode(sr_png, max_pixels=sr_max_pixels(max_pixels, scale)).pixels
-    lr = images.decode(lr_png, max_pixels=max_pixels).pixels
+    sr = _decode(sr_png, sr_max_pixels(max_pixels, scale))
+    lr = _decode(lr_png, max_pixels)
     want = (lr.shape[0] * scale, lr.shape[1] * scale)
     _check_size(image_id, "the SR output", sr, want, f"x{scale} the LR input")
     bicubic = bicubic_image(lr, scale)
@@ -181,6 +212,7 @@ def upscale_artifacts(image_id: str, sr_png: bytes, lr_png: bytes, scale: int,
         "image_id": image_id,
         "bicubic_png": images.encode_png(bicubic),
         "compare_png": images.encode_png(upscale_comparison(lr, bicubic, sr, scale)),
+        "output_std": output_std(sr),
     }
 
 
@@ -235,38 +267,89 @@ def publish_chunks(ids: Sequence[str], size: int | None = None) -> list[tuple[st
 # --------------------------------------------------------------------------- report and gate
 
 
-def json_psnr(value: float) -> float:
-    """PSNR as valid JSON: ``inf`` (identical images) becomes :data:`PSNR_CAP_DB`."""
+def json_psnr(value: float | None) -> float | None:
+    """PSNR as valid JSON: ``inf`` (identical images) becomes :data:`PSNR_CAP_DB`; None stays None."""
+    if value is None:
+        return None
     value = float(value)
     if math.isnan(value):
         raise ValueError("PSNR is NaN")
     return min(value, PSNR_CAP_DB)
 
 
-def metrics_report(ds: str, scale: int, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """``metrics.json``: per-image scores sorted by image_id and their means.
+def image_flags(psnr: float | None, psnr_bicubic: float | None, std: float | None, *,
+                sr_below_bicubic_db: float = Settings.sr_below_bicubic_db,
+                near_constant_std: float = Settings.near_constant_std) -> list[str]:
+    """The per-image gate: which of :data:`FLAGS` one image earns.
 
-    Means are over the capped PSNRs, so the report is always valid JSON; with
-    no images every mean is ``None``.
+    * ``sr_below_bicubic``: its SR PSNR is more than ``sr_below_bicubic_db`` below
+      its own bicubic's (PSNRs as :func:`json_psnr` caps them; needs both scores,
+      so never in upscale mode);
+    * ``near_constant_output``: its output's :func:`output_std` is below
+      ``near_constant_std`` (a black or flat output, whatever the scores say).
     """
-    scored = sorted(
-        ({"image_id": str(r["image_id"]),
-          "psnr": json_psnr(r["psnr"]), "ssim": float(r["ssim"]),
-          "psnr_bicubic": json_psnr(r["psnr_bicubic"]), "ssim_bicubic": float(r["ssim_bicubic"])}
-         for r in rows),
-        key=lambda r: r["image_id"],
-    )
-    mean = mean_of(scored) if scored else dict.fromkeys(KEYS)
-    return {"ds": ds, "scale": int(scale), "images": scored, "mean": {k: mean[k] for k in KEYS}}
+    flags = []
+    if psnr is not None and psnr_bicubic is not None and \
+            min(float(psnr), PSNR_CAP_DB) < min(float(psnr_bicubic), PSNR_CAP_DB) - sr_below_bicubic_db:
+        flags.append(SR_BELOW_BICUBIC)
+    if std is not None and float(std) < near_constant_std:
+        flags.append(NEAR_CONSTANT_OUTPUT)
+    return flags
+
+
+def _mean(rows: Sequence[Mapping[str, Any]]) -> dict[str, float] | None:
+    """Means of :data:`KEYS` over rows that have scores, or None when there are none."""
+    scored = [r for r in rows if all(r[k] is not None for k in KEYS)]
+    return {k: mean_of(scored)[k] for k in KEYS} if scored else None
+
+
+def metrics_report(ds: str, scale: int, rows: Sequence[Mapping[str, Any]], *, mode: str = "evaluate",
+                   sr_below_bicubic_db: float = Settings.sr_below_bicubic_db,
+                   near_constant_std: float = Settings.near_constant_std) -> dict[str, Any]:
+    """``metrics.json``: per-image scores and flags sorted by image_id, and their means.
+
+    Each image carries its :func:`image_flags` (``[]`` when it passed) and its
+    ``output_std``; ``flagged`` lists the flagged ones again, with their flags.
+    ``mean`` is over the unflagged images only (``mean_images`` of them, with
+    ``flagged_count`` beside it) and ``mean_all`` over every image; either is
+    ``None`` when it covers no scored image (always in upscale mode, whose
+    images have no scores, only flags).  PSNRs are capped, so the report is
+    always valid JSON.
+    """
+    gate = {"sr_below_bicubic_db": float(sr_below_bicubic_db), "near_constant_std": float(near_constant_std)}
+    scored = []
+    for r in sorted(rows, key=lambda r: str(r["image_id"])):
+        entry: dict[str, Any] = {
+            "image_id": str(r["image_id"]),
+            "psnr": json_psnr(r.get("psnr")), "ssim": _float(r.get("ssim")),
+            "psnr_bicubic": json_psnr(r.get("psnr_bicubic")), "ssim_bicubic": _float(r.get("ssim_bicubic")),
+        }
+        std = r.get("output_std")
+        entry["output_std"] = None if std is None else round(float(std), 4)
+        entry["flags"] = image_flags(entry["psnr"], entry["psnr_bicubic"], std, **gate)
+        scored.append(entry)
+    passed = [r for r in scored if not r["flags"]]
+    flagged = [{"image_id": r["image_id"], "flags": r["flags"]} for r in scored if r["flags"]]
+    return {
+        "ds": ds, "scale": int(scale), "mode": mode, "images": scored,
+        "mean": _mean(passed), "mean_images": len(passed), "flagged_count": len(flagged),
+        "flagged": flagged, "mean_all": _mean(scored), "gate": gate,
+    }
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def regression_gate(report: Mapping[str, Any]) -> None:
     """Refuse to publish a model that does not beat bicubic on mean Y PSNR.
 
-    A tie fails too (the model must add something), except the degenerate
-    case where both are perfect (every PSNR capped: flat images).
+    Judged on ``mean_all``, every image flagged or not: leaving out the images
+    where SR lost to bicubic would flatter the model.  A tie fails too (the
+    model must add something), except the degenerate case where both are
+    perfect (every PSNR capped: flat images).
     """
-    mean = report["mean"]
+    mean = report.get("mean_all", report.get("mean")) or {}
     n = len(report["images"])
     if not n or mean.get("psnr") is None or mean.get("psnr_bicubic") is None:
         raise ValueError(f"metrics report for ds={report.get('ds')} scored no images; nothing to gate")

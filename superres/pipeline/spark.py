@@ -348,6 +348,10 @@ def job_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("evaluate", "upscale"), default=s.mode)
     p.add_argument("--tile-size", type=int, default=s.tile_size)
     p.add_argument("--max-pixels", type=int, default=s.max_pixels)
+    p.add_argument("--sr-below-bicubic-db", type=float, default=s.sr_below_bicubic_db,
+                   help="evaluate's per-image gate: flag SR this far below its own bicubic (dB)")
+    p.add_argument("--near-constant-std", type=float, default=s.near_constant_std,
+                   help="evaluate's per-image gate: flag an output whose std (0..255) is below this")
     p.add_argument("--models-dir", default=s.models_dir)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=s.device)
     p.add_argument("--batch-size", type=int, default=s.batch_size)

@@ -163,6 +163,9 @@ _OUT_OF_BOUNDS = {
     "suite_success_str": (("quality", "suites", 0, "success"), "yes"),
     "output_nul": (("outputs", "sr"), "/data/\x00sr"),
     "message_too_long": (("quarantine", 0, "message"), "x" * 100_001),
+    "flags_not_an_array": (("metrics", "images", 0, "flags"), "sr_below_bicubic"),
+    "flag_not_an_id": (("metrics", "images", 0, "flags"), ["near_constant\noutput"]),
+    "flags_too_many": (("metrics", "images", 0, "flags"), ["f"] * 17),
 }
 
 

@@ -257,3 +257,76 @@ def test_trend_date_labels_never_overlap(client: FlaskClient, dates: list[str]) 
     for (_, right, a), (left, _, b) in zip(labels, labels[1:], strict=False):
         assert right < left, f"{a} and {b} overlap"
     assert len(re.findall(r'<circle class="trend__dot', page)) == len(dates)  # every date keeps its dot
+
+
+# --------------------------------------------------------------------------- the per-image gate's flags
+
+FLAG_CHIP = re.compile(r'<span class="chip chip--down" data-flag="([a-z_]+)"')
+
+
+def _flagged_event() -> dict[str, Any]:
+    event = make_event(image_ids=("101", "102", "103"))
+    event["metrics"]["images"][1]["flags"] = ["sr_below_bicubic", "near_constant_output"]
+    event["metrics"]["images"][2]["flags"] = []
+    return event
+
+
+def _cards(page: str) -> dict[str, str]:
+    return dict(re.findall(r'<article class="image-card" data-image-id="(\d+)"(.*?)</article>', page, re.S))
+
+
+def test_flagged_images_are_marked_on_the_gallery(client: FlaskClient) -> None:
+    assert post_event(client, _flagged_event()).status_code == 201
+    page = client.get("/").get_data(as_text=True)
+    cards = _cards(page)
+    assert FLAG_CHIP.findall(cards["102"]) == ["sr_below_bicubic", "near_constant_output"]
+    assert "SR far below bicubic" in cards["102"] and "near-constant output" in cards["102"]
+    assert 'data-flags="sr_below_bicubic near_constant_output"' in cards["102"]
+    assert "Flagged, not in the run's mean" in cards["102"]
+    assert "data-flag" not in cards["101"] and "data-flag" not in cards["103"]
+    latest = page[page.index('class="card card--latest"'):page.index('class="section"')]
+    assert 'data-flagged="1"' in latest and "1 flagged image left out of the mean" in latest
+
+
+def test_flagged_images_are_marked_on_the_run_page(client: FlaskClient) -> None:
+    event = _flagged_event()
+    assert post_event(client, event).status_code == 201
+    page = client.get("/runs/" + event["run_id"]).get_data(as_text=True)
+    counts = page[page.index("<h2>Counts</h2>"):page.index("<h2>Failed tasks</h2>")]
+    assert 'data-flagged="1"' in counts
+    cards = _cards(page)
+    assert FLAG_CHIP.findall(cards["102"]) == ["sr_below_bicubic", "near_constant_output"]
+    assert not FLAG_CHIP.findall(cards["101"] + cards["103"])
+    plain = make_event(ds="2026-01-07", run_id="scheduled__2026-01-07")
+    assert post_event(client, plain).status_code == 201
+    assert "data-flag" not in client.get("/runs/" + plain["run_id"]).get_data(as_text=True)
+
+
+@pytest.mark.parametrize("mode", ["evaluate", "upscale"])
+def test_the_flags_metrics_json_holds_reach_the_gallery(tmp_path: Any, app_config: dict[str, Any],
+                                                        mode: str) -> None:
+    """From the evaluate stage's report, through the notify task's event, to the page."""
+    from superres.orchestration import notify as notify_mod
+    from superres.pipeline.evaluate import metrics_report
+    from superres.storage import LocalStorage
+    from tests.notifier.test_callback_schema import _seed
+
+    ds, run_id = "2026-03-01", "scheduled__2026-03-01T00:00:00+00:00"
+    run = _seed(tmp_path / "store", ds, run_id, mode)
+    storage = LocalStorage(tmp_path / "store")
+    scores = (dict(psnr=31.0, ssim=0.9, psnr_bicubic=30.0, ssim_bicubic=0.88) if mode == "evaluate" else
+              dict.fromkeys(("psnr", "ssim", "psnr_bicubic", "ssim_bicubic")))
+    rows = [{"image_id": "10", **scores, "output_std": 35.0}, {"image_id": "11", **scores, "output_std": 0.2}]
+    storage.write_json(f"reports/ds={ds}/metrics.json", metrics_report(ds, 3, rows, mode=mode))
+    key = f"{run_id}#0"
+    body = notify_mod.encode(notify_mod.build_event(run, storage, [], "superres_daily", key))
+    client = create_app(app_config).test_client()
+    response = client.post(notify_mod.CALLBACK_PATH, data=body,
+                           headers=notify_mod.signed_headers(body, app_config["CALLBACK_SECRET"], key))
+    assert response.status_code == 201, response.json
+    for url in ("/", "/runs/" + run_id):
+        page = client.get(url).get_data(as_text=True)
+        cards = _cards(page)
+        assert FLAG_CHIP.findall(cards["11"]) == ["near_constant_output"]
+        assert not FLAG_CHIP.findall(cards["10"])
+        assert 'data-flagged="1"' in page

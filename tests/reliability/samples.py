@@ -175,6 +175,11 @@ def rgb16_png() -> bytes:
     """A 16-bit-per-channel RGB PNG (Pillow cannot write one, so by hand): top bytes = patches."""
     rgb = patches().astype(np.uint16) * 257  # 0xff -> 0xffff
     rgb[..., 1] |= 0x0080  # low bytes that must be dropped, not rounded into the top byte
+    return rgb16_png_of(rgb)
+
+
+def rgb16_png_of(rgb: np.ndarray) -> bytes:
+    """HxWx3 uint16 samples as a 16-bit RGB PNG."""
     h = rgb.shape[0]
     raw = b"".join(b"\x00" + rgb[y].astype(">u2").tobytes() for y in range(h))
     ihdr = struct.pack(">IIBBBBB", rgb.shape[1], h, 16, 2, 0, 0, 0)

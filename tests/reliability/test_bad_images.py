@@ -408,3 +408,31 @@ def test_rerun_after_recovery_clears_old_quarantine(faulty: FaultyPicsum, store:
     assert len(manifest["images"]) == 3 and manifest["quarantined"] == []
     assert [k for k in store.list(f"quarantine/ds={DS}") if k.endswith(".bin")] == []
     assert store.read_json(f"reports/ds={DS}/quarantine.json")["quarantined"] == []
+
+
+# --------------------------------------------------------------------------- black 16-bit files
+
+
+def _black_16bit_png() -> bytes:
+    """A 16-bit RGB PNG whose samples are 8-bit values 0..255, unscaled: black on its own scale."""
+    return samples.rgb16_png_of(smooth_image(40, 48, seed=9).astype(np.uint16))
+
+
+def _fetch_served(faulty: FaultyPicsum, store: LocalStorage, body: bytes, mode: str) -> dict[str, Any]:
+    """Every photo answers ``body``; the fetch's manifest."""
+    for photo in faulty.photos:
+        faulty.faults[photo.id] = Fault("body", headers={"Content-Type": "image/png"}, body=body)
+    return bounded(lambda: fetch_partition(settings_for(faulty.url, num_images=3, mode=mode), DS, store))
+
+
+@pytest.mark.parametrize("mode", ["evaluate", "upscale"])
+def test_black_16bit_png_is_quarantined_at_fetch(faulty: FaultyPicsum, store: LocalStorage,
+                                                 mode: str) -> None:
+    """8-bit values in a 16-bit PNG used to be fetched and processed into a black output."""
+    body = _black_16bit_png()
+    manifest = _fetch_served(faulty, store, body, mode)
+    assert manifest["images"] == [] and len(manifest["quarantined"]) == 3
+    for record in manifest["quarantined"]:
+        assert record["reason"] == "black_16bit"
+        assert record["message"].startswith("16-bit image decodes to black: no sample reaches 1/128 of white")
+        assert store.read_bytes(record["key"]) == body
