@@ -51,6 +51,10 @@ class Settings:
     fetch_concurrency: int = 4
     min_success_ratio: float = 0.5  # below this the fetch task fails the run
     max_pixels: int = 40_000_000  # decompression-bomb limit
+    # Longest side over shortest side (superres.images.DEFAULT_MAX_ASPECT_RATIO): a thin strip
+    # costs up to ~15x a photo's work per pixel (FSRCNN's halo), so the pixel limit alone does
+    # not bound the work.  Checked with max_pixels, from the header, by the fetch check.
+    max_aspect_ratio: float = 100.0
     # Hosts (comma-separated, "*.example.com" allowed) that photo requests may be redirected to,
     # besides picsum_url's own host: Picsum redirects every image to its CDN.
     picsum_allowed_hosts: str = "fastly.picsum.photos"
@@ -161,6 +165,8 @@ class Settings:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.min_success_ratio <= 1.0:
             raise ValueError("min_success_ratio must be within [0, 1]")
+        if not self.max_aspect_ratio >= 1.0:  # NaN fails too
+            raise ValueError(f"max_aspect_ratio must be >= 1, got {self.max_aspect_ratio}")
         for name in ("sr_below_bicubic_db", "near_constant_std"):
             value = getattr(self, name)
             if not 0.0 <= value < float("inf"):

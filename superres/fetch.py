@@ -461,10 +461,13 @@ def check_body(photo: Listed, reply: Reply, settings: Settings) -> images.Decode
     Everything the later (Spark) stages would reject is rejected here, so no
     Spark work is spent on it: undecodable or odd bodies, a missing or non-image
     Content-Type, the wrong photo, and photos too small for the run's mode.
+    It is also where the work is bounded: over ``max_pixels`` or thinner than
+    ``max_aspect_ratio`` (the Spark stages decode what it admitted without that check).
     """
     ctype = (reply.headers.get("Content-Type") or "").split(";")[0].strip().lower()
     try:
-        dec = images.decode(reply.body, max_pixels=settings.max_pixels)
+        dec = images.decode(reply.body, max_pixels=settings.max_pixels,
+                            max_aspect_ratio=settings.max_aspect_ratio)
     except images.ImageError as exc:
         raise images.ImageError(exc.reason, f"{exc} (Content-Type {ctype or 'missing'})") from exc
     if not ctype:

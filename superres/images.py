@@ -9,8 +9,9 @@ transparency), RGB, RGBA, CMYK, YCbCr/LAB/HSV, 16-bit and 32-bit integer
 grey, 16-bit RGB, any EXIF orientation.  Rejected: empty, truncated or corrupt
 data (for PNG every chunk's CRC is checked and IEND must be present, because
 Pillow itself skips the IDAT CRCs), non-image bytes, animations, float images,
-16-bit images that decode to black (see below), and anything over the pixel
-limit (checked from the header, before any pixel is decompressed).
+16-bit images that decode to black (see below), anything over the pixel limit,
+and strips thinner than the aspect-ratio limit (both checked from the header,
+before any pixel is decompressed).
 
 Images deeper than 8 bits a sample are read on their nominal scale, 0..65535
 for 16 bits, as the PNG specification defines it: 8-bit = round(v / 257) for
@@ -25,6 +26,15 @@ a black output or brightened by a guess that would also brighten every truly
 dark 16-bit photo.  The test is on the 8-bit result: a deep image none of
 whose colour samples comes out above 1 (of 255), i.e. none reaches 1/128 of
 white.
+
+Thin strips cost far more per pixel than photos: FSRCNN needs ``halo`` (8)
+pixels of context on every side of every output pixel, so a 1-pixel-high
+strip runs the network on 17 rows for each row it produces, about 15 times a
+photo's cost per pixel.  That is the network's receptive field, not the
+tiling: an untiled forward needs the same rows.  ``max_aspect_ratio`` bounds
+the work: within it, no image under ``max_pixels`` costs more than 1.25 times
+a square photo at the pixel limit, where 8,000,000 x 5 would cost 3.9 times
+and 40,000,000 x 1 about 15 times (tests/test_image_gates.py).
 
 Integer grey of mode ``I`` (a 16-bit PGM, a 32-bit TIFF) is on the same 16-bit
 scale, clipped to 0..65535 first.
@@ -47,6 +57,8 @@ except ImportError:  # pragma: no cover - requirements.txt installs it; stdlib z
     _deflate = zlib
 
 DEFAULT_MAX_PIXELS = 40_000_000
+# Longest side over shortest side: panoramas are within 20:1; a 2,000,000 x 1 strip is not a photo.
+DEFAULT_MAX_ASPECT_RATIO = 100.0
 # A deep image whose 8-bit result has no colour sample above this is black (see the module doc).
 BLACK_16BIT_PEAK = 1
 
@@ -152,6 +164,20 @@ def check_not_black_16bit(pixels: np.ndarray, deep: bool) -> None:
         )
 
 
+def check_aspect_ratio(width: int, height: int, max_aspect_ratio: float | None) -> None:
+    """Refuse a strip whose longest side exceeds ``max_aspect_ratio`` times its shortest."""
+    if max_aspect_ratio is None or width < 1 or height < 1:
+        return
+    long, short = max(width, height), min(width, height)
+    if long > max_aspect_ratio * short:
+        ratio = f"{long / short:.1f}".rstrip("0").rstrip(".")
+        raise ImageError(
+            "extreme_aspect_ratio",
+            f"{width}x{height} has an aspect ratio of {ratio}:1, beyond the limit of "
+            f"{max_aspect_ratio:g}:1 (a strip this thin costs many times a photo's work per pixel)",
+        )
+
+
 def sniff_format(data: bytes) -> str | None:
     """The format named by the first bytes (PNG, JPEG, GIF, WEBP, TIFF), or None."""
     for signature, fmt in _SIGNATURES:
@@ -191,8 +217,14 @@ def check_png_chunks(data: bytes) -> None:
     raise ImageError("corrupt", "truncated or corrupt PNG data: no IEND chunk (the file was cut short)")
 
 
-def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
-    """Decode image bytes into uint8 pixels, applying EXIF orientation."""
+def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
+           max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO) -> Decoded:
+    """Decode image bytes into uint8 pixels, applying EXIF orientation.
+
+    ``max_pixels`` and ``max_aspect_ratio`` are checked from the header.  ``None``
+    for the ratio skips it: for the pipeline's own LR and SR PNGs, whose photo the
+    fetch check admitted (a protocol crop may make an LR a little thinner).
+    """
     if not data:
         raise ImageError("empty", "empty body: 0 bytes")
     sniffed = sniff_format(data)
@@ -213,6 +245,7 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
                     "too_many_pixels",
                     f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}",
                 )
+            check_aspect_ratio(width, height, max_aspect_ratio)
             if fmt not in ALLOWED_FORMATS:
                 raise ImageError("unsupported_format", f"unsupported image format {fmt}")
             frames = getattr(img, "n_frames", 1)
@@ -247,8 +280,9 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
     return Decoded(pixels, fmt, source_mode)
 
 
-def read(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
-    return decode(Path(path).read_bytes(), max_pixels=max_pixels)
+def read(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS,
+         max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO) -> Decoded:
+    return decode(Path(path).read_bytes(), max_pixels=max_pixels, max_aspect_ratio=max_aspect_ratio)
 
 
 # PNG colour type by channel count: grey, grey+alpha, RGB, RGBA.

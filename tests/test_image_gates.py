@@ -1,6 +1,6 @@
 """Inputs that used to pass every gate and come out wrong: 16-bit files holding 8-bit values
-(decoded black), and outputs far below their own bicubic or near-constant (now flagged per
-image, not averaged in)."""
+(decoded black), outputs far below their own bicubic or near-constant (now flagged per image,
+not averaged in), and thin strips whose halo work the pixel limit alone does not bound."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import io
 import math
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -32,7 +33,8 @@ from superres.pipeline.evaluate import (
     upscale_artifacts,
 )
 from superres.pipeline.split import make_lr
-from tests.helpers import smooth_image
+from superres.tiling import Geometry, balanced_tile
+from tests.helpers import random_upscaler, smooth_image
 
 DS = "2026-01-05"
 SCALE = 2
@@ -260,10 +262,13 @@ def test_output_std_ignores_alpha_and_takes_the_most_varied_channel() -> None:
 
 def test_the_new_limits_are_typed_settings_with_env_overrides() -> None:
     s = Settings()
-    assert (s.sr_below_bicubic_db, s.near_constant_std) == (3.0, 1.0)
-    env = Settings.from_env({"SUPERRES_SR_BELOW_BICUBIC_DB": "1.5", "SUPERRES_NEAR_CONSTANT_STD": "0.25"})
-    assert (env.sr_below_bicubic_db, env.near_constant_std) == (1.5, 0.25)
-    for bad in ({"sr_below_bicubic_db": -1.0}, {"near_constant_std": float("inf")}):
+    assert (s.max_aspect_ratio, s.sr_below_bicubic_db, s.near_constant_std) == (100.0, 3.0, 1.0)
+    assert s.max_aspect_ratio == images.DEFAULT_MAX_ASPECT_RATIO
+    env = Settings.from_env({"SUPERRES_MAX_ASPECT_RATIO": "250", "SUPERRES_SR_BELOW_BICUBIC_DB": "1.5",
+                             "SUPERRES_NEAR_CONSTANT_STD": "0.25"})
+    assert (env.max_aspect_ratio, env.sr_below_bicubic_db, env.near_constant_std) == (250.0, 1.5, 0.25)
+    for bad in ({"max_aspect_ratio": 0.5}, {"max_aspect_ratio": float("nan")},
+                {"sr_below_bicubic_db": -1.0}, {"near_constant_std": float("inf")}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             Settings(**bad)
 
@@ -277,3 +282,81 @@ def test_spark_jobs_take_the_gate_thresholds_from_the_environment(monkeypatch: p
     assert (args.sr_below_bicubic_db, args.near_constant_std) == (4.5, 2.0)
     args = job_parser("test").parse_args(["--ds", DS, "--sr-below-bicubic-db", "1"])
     assert args.sr_below_bicubic_db == 1.0
+
+
+# --------------------------------------------------------------------------- thin strips
+
+
+def test_a_thin_strip_is_refused_from_the_header() -> None:
+    strip = images.encode_png(np.zeros((1, 20_000), np.uint8))  # 20000x1: fully decodable, 100 bytes
+    with pytest.raises(images.ImageError) as err:
+        images.decode(strip)
+    assert err.value.reason == "extreme_aspect_ratio"
+    assert str(err.value) == ("20000x1 has an aspect ratio of 20000:1, beyond the limit of 100:1 (a strip "
+                              "this thin costs many times a photo's work per pixel)")
+    huge = images.encode_png(np.zeros((1, 2_000_000), np.uint8))  # the 321-byte kind of file
+    with pytest.raises(images.ImageError, match="2000000x1 has an aspect ratio of 2000000:1") as err:
+        images.decode(huge)
+    assert err.value.reason == "extreme_aspect_ratio"
+    for shape in ((1, 100), (100, 1), (3, 300)):  # 100:1 exactly is allowed, either way round
+        assert images.decode(images.encode_png(np.zeros(shape, np.uint8))).pixels.shape == shape
+    for shape, ratio in (((1, 101), "101"), ((101, 1), "101"), ((3, 301), "100.3")):
+        with pytest.raises(images.ImageError, match=f"aspect ratio of {ratio}:1, beyond the limit of 100:1"):
+            images.decode(images.encode_png(np.zeros(shape, np.uint8)))
+    assert images.decode(strip, max_aspect_ratio=None).width == 20_000  # the run's own PNGs
+
+
+def test_the_fetch_check_applies_the_configured_ratio() -> None:
+    wide = images.encode_png(np.zeros((2, 900), np.uint8))
+    assert _check(wide, Settings(mode="upscale", max_aspect_ratio=500)).width == 900
+    with pytest.raises(images.ImageError) as err:
+        _check(wide, Settings(mode="upscale", max_aspect_ratio=400))
+    assert err.value.reason == "extreme_aspect_ratio"
+    assert "900x2 has an aspect ratio of 450:1, beyond the limit of 400:1" in str(err.value)
+    with pytest.raises(images.ImageError, match="beyond the limit of 100:1"):
+        _check(wide, Settings(mode="upscale"))
+
+
+def test_the_cli_refuses_a_thin_strip_with_one_error_line(tmp_path: Path, capsys) -> None:
+    from superres.cli import main
+    from superres.model import ModelMeta, save_model
+
+    up = random_upscaler(2, seed=5, d=16, s=8, m=1)
+    weights = tmp_path / "x2.pt"
+    save_model(up.model, weights, ModelMeta.for_spec(up.model.spec))
+    strip, photo = tmp_path / "strip.png", tmp_path / "photo.png"
+    strip.write_bytes(images.encode_png(np.zeros((1, 20_000, 3), np.uint8)))
+    photo.write_bytes(images.encode_png(smooth_image(12, 10)))
+    out = tmp_path / "out"
+    code = main(["upscale", str(strip), str(photo), "--scale", "2", "--out", str(out),
+                 "--model", str(weights)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"error: {strip}: 20000x1 has an aspect ratio of 20000:1, beyond the limit of 100:1" in err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir()) == ["photo.png"]  # the rest are still processed
+
+
+def _work(height: int, width: int, tile: int = 192, halo: int = 8) -> int:
+    """Window pixels FSRCNN computes for a whole image (the engine's cut: balanced halo tiles)."""
+    g = Geometry(height, width, balanced_tile(height, width, tile), halo)
+    return g.count * g.window_h * g.window_w
+
+
+def test_the_aspect_limit_bounds_the_halo_work() -> None:
+    """Cost model behind the limit: work is window pixels (the time per window pixel is the same
+    for strips and photos), so at the pixel limit nothing admitted costs much more than a square."""
+    limit, ratio = images.DEFAULT_MAX_PIXELS, images.DEFAULT_MAX_ASPECT_RATIO
+    side = math.isqrt(limit)
+    square = _work(side, side)
+    admitted = []
+    for h in range(1, side + 1):
+        w = min(int(ratio * h), limit // h)
+        if w < h:
+            break
+        admitted.append(_work(h, w))
+    assert max(admitted) <= 1.25 * square
+    assert _work(1, 1) == 17 * 17 and _work(1, 100) == 17 * 116  # a 1-px strip computes 17 rows a row
+    # What the limit refuses at the pixel limit: 3.9 and 15.6 times a square photo's work.
+    assert 3.8 * square < _work(5, 8_000_000) < 3.9 * square
+    assert 15 * square < _work(1, 40_000_000) < 16 * square

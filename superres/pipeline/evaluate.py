@@ -162,8 +162,8 @@ def _check_size(image_id: str, what: str, got: np.ndarray, want: tuple[int, int]
 
 
 def _decode(data: bytes, max_pixels: int) -> np.ndarray:
-    """Pixels of a photo the fetch check admitted or of the run's own PNGs."""
-    return images.decode(data, max_pixels=max_pixels).pixels
+    """Pixels of a photo the fetch check admitted (aspect ratio included) or of the run's own PNGs."""
+    return images.decode(data, max_pixels=max_pixels, max_aspect_ratio=None).pixels
 
 
 def sr_max_pixels(max_pixels: int, scale: int) -> int:

@@ -20,7 +20,7 @@ def reconstruct_image(
 
     ``max_pixels`` is the run's input limit, which the LR (never larger than the photo) meets.
     """
-    lr = images.decode(image["lr_png"], max_pixels=max_pixels).pixels
+    lr = images.decode(image["lr_png"], max_pixels=max_pixels, max_aspect_ratio=None).pixels
     h, w = int(image["lr_height"]), int(image["lr_width"])
     y_sr = tiling.stitch(cores, h, w, scale) * UNIT  # cores are in the network's [0, 1]
     png = images.encode_png(assemble(lr, y_sr, scale))

@@ -55,7 +55,8 @@ def split_image(
     row: dict[str, Any] = dict.fromkeys(IMAGE_FIELDS)
     row.update(image_id=image_id, tile=tile, halo=halo)
     try:
-        dec = images.decode(data, max_pixels=max_pixels)
+        # The fetch check admitted the photo, aspect ratio included (superres.fetch.check_body).
+        dec = images.decode(data, max_pixels=max_pixels, max_aspect_ratio=None)
         lr = make_lr(dec.pixels, mode, scale)
     except images.ImageError as exc:
         row.update(status="quarantined", reason=exc.reason, message=str(exc))
@@ -76,7 +77,7 @@ def tiles_of(image: dict[str, Any], max_pixels: int = images.DEFAULT_MAX_PIXELS)
 
     ``max_pixels`` is the run's input limit (the LR is never larger than the photo).
     """
-    lr = images.decode(image["lr_png"], max_pixels=max_pixels).pixels
+    lr = images.decode(image["lr_png"], max_pixels=max_pixels, max_aspect_ratio=None).pixels
     unit = luma(lr) / UNIT  # tiles hold the network's input domain, Y in [0, 1]
     _, tiles = tiling.split(unit, image["image_id"], int(image["tile"]), int(image["halo"]))
     out = []

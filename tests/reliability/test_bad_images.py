@@ -410,7 +410,7 @@ def test_rerun_after_recovery_clears_old_quarantine(faulty: FaultyPicsum, store:
     assert store.read_json(f"reports/ds={DS}/quarantine.json")["quarantined"] == []
 
 
-# --------------------------------------------------------------------------- black 16-bit files
+# --------------------------------------------------------------------------- black 16-bit files, thin strips
 
 
 def _black_16bit_png() -> bytes:
@@ -436,3 +436,31 @@ def test_black_16bit_png_is_quarantined_at_fetch(faulty: FaultyPicsum, store: Lo
         assert record["reason"] == "black_16bit"
         assert record["message"].startswith("16-bit image decodes to black: no sample reaches 1/128 of white")
         assert store.read_bytes(record["key"]) == body
+
+
+def test_thin_strip_is_quarantined_at_fetch(faulty: FaultyPicsum, store: LocalStorage) -> None:
+    """A 20000x1 strip is a ~100-byte PNG under any pixel limit, and costs ~15x a photo's work per pixel
+    (the halo); upscale mode, which takes any size, used to fetch and process it."""
+    body = images.encode_png(np.zeros((1, 20_000, 3), np.uint8))
+    manifest = _fetch_served(faulty, store, body, "upscale")
+    assert manifest["images"] == [] and len(manifest["quarantined"]) == 3
+    for record in manifest["quarantined"]:
+        assert record["reason"] == "extreme_aspect_ratio"
+        assert record["message"].startswith(
+            "20000x1 has an aspect ratio of 20000:1, beyond the limit of 100:1")
+        assert store.read_bytes(record["key"]) == body
+
+
+@pytest.mark.parametrize("mode, shape, limit",
+                         [("evaluate", (17, 1700), 100.0), ("upscale", (1, 800), 1000.0)])
+def test_a_photo_the_fetch_admits_goes_through_every_stage(upscalers: dict[int, Upscaler], mode: str,
+                                                           shape: tuple[int, int], limit: float) -> None:
+    """The ratio is an admission check: the Spark stages do not apply it again.  1700x17 is exactly
+    100:1, but its x2 LR (850x8 after the protocol's crop) is 106:1; a raised limit admits 800x1."""
+    settings = Settings(mode=mode, scale=2, max_aspect_ratio=limit)
+    body = samples.encode(Image.fromarray(smooth_image(*shape, seed=4)), "PNG")
+    reply = Reply(200, _headers("image/png"), body, "http://127.0.0.1/id/1/64/48")
+    assert fetch.check_body(Listed("1", "a", 1, 1, ""), reply, settings).pixels.shape[:2] == shape
+    done = process_like_spark("strip", body, settings, upscalers[2])
+    assert done["status"] == "ok", done["message"]
+    assert done["output"]["width"] == shape[1] * (2 if mode == "upscale" else 1)
