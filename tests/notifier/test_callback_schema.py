@@ -235,7 +235,7 @@ def _seed(root: Path, ds: str, run_id: str, mode: str) -> dict[str, Any]:
     keys = ("psnr", "ssim", "psnr_bicubic", "ssim_bicubic")
     rows = [dict(image_id=i, **dict(zip(keys, (31.5, 0.91, 29.25, 0.88), strict=True))) for i in ids]
     rows[0]["psnr"] = 200.0  # the report's cap for an exact reconstruction
-    if mode == "evaluate":  # upscale mode has no ground truth and writes no metrics
+    if mode == "evaluate":  # the scores of an evaluate run (upscale has no ground truth)
         mean = {k: sum(r[k] for r in rows) / len(rows) for k in keys}
         storage.write_json(f"{reports}/metrics.json", {"ds": ds, "scale": 3, "images": rows, "mean": mean})
     storage.write_json(f"{reports}/quality.json", {"success": False, "suites": [
