@@ -80,3 +80,31 @@ def test_the_spark_tasks_of_a_run_join_one_connect_session(monkeypatch: pytest.M
     others = [describe_run({}, "manual__b", None, when), describe_run({}, "manual__a", None, when)]
     ids = {job_parser("test").parse_args(job_arguments(r, settings_of(r))).spark_session_id for r in others}
     assert len(ids) == 2 and args.spark_session_id not in ids
+
+
+def test_every_job_setting_comes_from_the_run_not_the_job_environment(monkeypatch) -> None:
+    """Each option of the jobs' parser is passed by the operator from the run's settings, so a
+    setting given to the run (params or the scheduler's environment) never falls back silently
+    to whatever the Spark job's own environment says."""
+    import datetime as dt
+
+    from superres.orchestration.operators import job_arguments
+    from superres.orchestration.run import describe_run, settings_of
+    from superres.pipeline.spark import job_parser
+
+    for name, value in {"SR_BELOW_BICUBIC_DB": "7.5", "NEAR_CONSTANT_STD": "2.5", "BATCH_SIZE": "3",
+                        "MAX_PIXELS": "1234"}.items():
+        monkeypatch.setenv(f"SUPERRES_{name}", value)  # the scheduler's environment
+    run = describe_run({"scale": 4, "mode": "upscale"}, "manual__s", None, dt.date(2026, 1, 5))
+    for name in ("SR_BELOW_BICUBIC_DB", "NEAR_CONSTANT_STD", "BATCH_SIZE", "MAX_PIXELS"):
+        monkeypatch.delenv(f"SUPERRES_{name}")  # a Spark job's environment without them
+    given = job_arguments(run, settings_of(run))
+    parser = job_parser("test")
+    # Only for a Spark Connect run; and --partitions, a job's own knob with no setting behind it.
+    optional = {"--spark-remote", "--spark-session-id", "--help", "--partitions"}
+    options = {o for a in parser._actions for o in a.option_strings if o.startswith("--")} - optional
+    assert options <= set(given), options - set(given)
+    args = parser.parse_args(given)
+    got = (args.sr_below_bicubic_db, args.near_constant_std, args.batch_size, args.max_pixels)
+    assert got == (7.5, 2.5, 3, 1234)
+    assert (args.scale, args.mode) == (4, "upscale")

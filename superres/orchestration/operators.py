@@ -95,6 +95,7 @@ def job_arguments(run: dict[str, Any], s: Settings) -> list[str]:
         "--scale", str(s.scale), "--mode", s.mode, "--tile-size", str(s.tile_size),
         "--max-pixels", str(s.max_pixels), "--models-dir", s.models_dir, "--device", s.device,
         "--batch-size", str(s.batch_size), "--backend", s.backend,
+        "--sr-below-bicubic-db", str(s.sr_below_bicubic_db), "--near-constant-std", str(s.near_constant_std),
     ]
     if s.spark_remote:
         # The run's Spark tasks share one session on the server, so its Python workers stay warm.
