@@ -42,6 +42,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def _ratio(text: str) -> float:
+    """An argparse type: a finite number of at least 1 (a longest-over-shortest side ratio)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number >= 1, got {text!r}") from None
+    if not 1.0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 1, got {text}")
+    return value
+
+
 def _non_negative(text: str) -> int:
     try:
         value = int(text)
@@ -118,7 +129,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     names, failed, t0 = output_names(paths, out), 0, time.time()
     for i, (path, name) in enumerate(zip(paths, names, strict=True), 1):
         try:
-            dec = images.read(path, max_pixels=args.max_pixels)
+            dec = images.read(path, max_pixels=args.max_pixels, max_aspect_ratio=args.max_aspect_ratio)
             sr = upscaler.upscale(dec.pixels, tile=args.tile)
             (out / name).write_bytes(images.encode_png(sr))
             _progress(i, len(paths), f"{path.name} {dec.width}x{dec.height} -> "
@@ -277,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--tile", type=positive_int, default=None, help="LR tile size in pixels")
     up.add_argument("--model", default=None, help="weights .pt (default: include/models)")
     up.add_argument("--max-pixels", type=positive_int, default=images.DEFAULT_MAX_PIXELS)
+    up.add_argument("--max-aspect-ratio", type=_ratio, default=images.DEFAULT_MAX_ASPECT_RATIO,
+                    help="refuse images whose longest side exceeds this many times the shortest")
     up.set_defaults(func=cmd_upscale)
 
     ev = sub.add_parser("evaluate", help="PSNR/SSIM of SR and bicubic under the paper protocol")

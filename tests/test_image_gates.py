@@ -335,6 +335,15 @@ def test_the_cli_refuses_a_thin_strip_with_one_error_line(tmp_path: Path, capsys
     assert f"error: {strip}: 20000x1 has an aspect ratio of 20000:1, beyond the limit of 100:1" in err
     assert "Traceback" not in err
     assert sorted(p.name for p in out.iterdir()) == ["photo.png"]  # the rest are still processed
+    # A user who means it raises the limit for that run.
+    strip.write_bytes(images.encode_png(np.zeros((1, 300, 3), np.uint8)))
+    assert main(["upscale", str(strip), "--scale", "2", "--out", str(out), "--model", str(weights),
+                 "--max-aspect-ratio", "300"]) == 0
+    assert Image.open(out / "strip.png").size == (600, 2)
+    for bad in ("0.5", "inf", "nan", "wide"):
+        with pytest.raises(SystemExit) as exc:
+            main(["upscale", str(strip), "--scale", "2", "--out", str(out), "--max-aspect-ratio", bad])
+        assert exc.value.code == 2
 
 
 def _work(height: int, width: int, tile: int = 192, halo: int = 8) -> int:
