@@ -57,7 +57,7 @@ test: WITH_BROWSER=1
 test: setup lint
 	$(PY) -m pytest
 
-# `make bench [BENCH_ARGS="--images 16 --dag-n 16 64"]`: every measurement of issue #6, one process tree.
+# `make bench [BENCH_ARGS="--images 16 --dag-n 16 64"]`: every performance measurement, one process tree.
 BENCH_ARGS ?=
 bench: setup
 	$(PY) -m benchmarks.run $(BENCH_ARGS)

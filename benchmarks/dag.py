@@ -1,10 +1,12 @@
-"""D. ``superres_daily`` end to end at two batch sizes, and E. peak memory during those runs.
+"""``superres_daily`` end to end at two batch sizes (``dag``), and peak memory during those
+runs (``dag_memory``).
 
 Each run is ``airflow dags test superres_daily <ds>`` in upscale mode on N
 generated 512x512 photos, served by the offline Picsum source from a folder the
 bench writes (the bundled catalogue has fewer than 64 photos), with the
-project's embedded defaults otherwise: spark-submit per Spark task, the
-notifier, local storage.  Everything lives under the bench's work directory
+project's embedded defaults otherwise: the Spark tasks on one local Spark Connect
+server (``make run``'s default) or, with ``spark="submit"``, a Spark application per
+task; the notifier; local storage.  Everything lives under the bench's work directory
 (its own AIRFLOW_HOME, storage, staging, pid files) and on free loopback ports,
 so it never touches ``make run``'s state.
 
@@ -268,7 +270,7 @@ class DagBench:
             self.server_start_s = round(time.time() - t0, 1)
             self._stack.callback(services.stop, "spark-connect")
             self.server_pid = int(services.pid_file("spark-connect").read_text())
-            print(f"  D Spark Connect server on {remote} started in {self.server_start_s}s", flush=True)
+            print(f"  dag Spark Connect server on {remote} started in {self.server_start_s}s", flush=True)
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -286,7 +288,7 @@ class DagBench:
                 "image_height": self.size}
         log_path = self.workdir / f"dags-test-{ds}.log"
         cmd = [sys.executable, "-m", "airflow", "dags", "test", DAG_ID, ds, "-c", json.dumps(conf)]
-        print(f"  D running {DAG_ID} N={n} ds={ds} (log: {log_path})", flush=True)
+        print(f"  dag running {DAG_ID} N={n} ds={ds} (log: {log_path})", flush=True)
         t0 = time.perf_counter()
         with log_path.open("w") as log:
             proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT)
@@ -313,7 +315,7 @@ class DagBench:
             "stage_compute_s": report.get("timings", {}), "counts": report.get("counts"),
             "memory": sampler.result(), "cpu": sampler.cpu_result(), "log": str(log_path),
         }
-        print(f"  D N={n}: {'ok' if ok else 'FAILED'} in {wall:.0f}s; tasks "
+        print(f"  dag N={n}: {'ok' if ok else 'FAILED'} in {wall:.0f}s; tasks "
               + ", ".join(f"{k} {durations.get(k, 0):.0f}" for k in STAGES)
               + f"; peak RSS spark {result['memory']['spark_peak_mb']} MB", flush=True)
         if not ok:
@@ -326,12 +328,12 @@ def fitted_runs(runs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, A
 
     Interference (another process, the JIT, the page cache, a GC) only ever adds time,
     so of repeated runs the fastest is the best estimate of what the pipeline itself
-    costs, as ``timeit`` reasons.  With one run per N, one disturbed run moved D's ratio
-    between 1.5 and 3.6 on the same code (benchmarks/README.md, session 15).
+    costs, as ``timeit`` reasons.  With one run per N, one disturbed run moved the marginal
+    ratio between 1.5 and 3.6 on the same code (benchmarks/README.md, *Reading the figures*).
     """
     grouped = by_n(runs)
     if len(grouped) < 2:
-        raise ValueError(f"D needs runs at two batch sizes, got N = {list(grouped)}")
+        raise ValueError(f"the fit needs runs at two batch sizes, got N = {list(grouped)}")
 
     def best(group: list[dict[str, Any]]) -> dict[str, Any]:
         return min(group, key=lambda r: (not r["ok"], r["wall_s"]))
@@ -384,7 +386,7 @@ def cpu_profile(small: dict[str, Any], large: dict[str, Any], d_mp: float, cores
                 fast_mp_s: float) -> dict[str, Any] | None:
     """Marginal CPU-seconds per LR megapixel by Spark job and role, beside the model's own.
 
-    ``model_cpu_s_per_mp`` is what A's backend spends on the model alone (it keeps
+    ``model_cpu_s_per_mp`` is what the engine's backend spends on the model alone (it keeps
     every core busy, so cores / throughput); the rest of the workers' marginal CPU
     is their other per-image work (decoding, stitching, bicubic, PNG encoding, Arrow).
     ``idle`` is core-seconds nobody used, ``steal`` what the hypervisor took.

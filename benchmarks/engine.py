@@ -1,4 +1,4 @@
-"""A. The engine: whole-image FSRCNN x2 in plain PyTorch eager versus the project's backend.
+"""The engine: whole-image FSRCNN x2 in plain PyTorch eager versus the project's backend.
 
 Both run in this process on all cores, on the same Y planes, alternating
 round by round so that a load change hits both.  Throughput is LR megapixels
@@ -31,9 +31,10 @@ def throughput(up: Upscaler, planes: list[np.ndarray], tile: int | None = None) 
 def probe(model, images: list[Image], threads: int = 0) -> Callable[[], float]:
     """One round of the project's backend on all cores, to time again at any moment (MP/s).
 
-    D takes one before each DAG run: the machine's speed drifts by a third within
-    minutes here (benchmarks/README.md, session 15), so pure inference is measured in
-    the same minutes as the runs it is compared with, not only in A beforehand.
+    The dag part takes one before each DAG run, and the Spark stage one after each of its
+    rounds: the machine's speed drifts by a third within minutes here (benchmarks/README.md,
+    *Reading the figures*), so pure inference is measured in the same minutes as the runs it
+    is compared with, not only in :func:`run` beforehand.
     """
     configure_threads(threads or None)
     planes = planes_of(images)
@@ -62,7 +63,7 @@ def run(model, images: list[Image], rounds: int = 3, ablation: bool = True,
         for name, up in (("eager", eager), ("fast", fast)):
             rate, _ = throughput(up, planes)
             rates[name].append(rate)
-            print(f"  A {name:5s} {rate:.3f} MP/s", flush=True)
+            print(f"  engine {name:5s} {rate:.3f} MP/s", flush=True)
     result: dict[str, Any] = {
         "images": len(planes), "lr_size": list(planes[0].shape), "threads": threads, "rounds": rounds,
         "eager_mp_s": median(rates["eager"]), "fast_mp_s": median(rates["fast"]),
@@ -111,7 +112,7 @@ def ablate(model, planes: list[np.ndarray]) -> dict[str, float]:
         rows[f"fast backend, work tile {tile}"] = rate(Upscaler(model, backend="fast", work_tile=tile))
     torch.set_num_threads(threads)
     for k, v in rows.items():
-        print(f"  A ablation {k:42s} {v:.3f} MP/s", flush=True)
+        print(f"  engine ablation {k:42s} {v:.3f} MP/s", flush=True)
     return rows
 
 

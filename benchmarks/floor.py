@@ -1,13 +1,14 @@
-"""D's floor: the per-image work a run publishes besides the model, alone in one process.
+"""The floor under the dag's marginal cost: the per-image work a run publishes besides the
+model, alone in one process.
 
-D compares what one more megapixel costs end to end with what the model alone costs
-for it.  The megapixel also has to be decoded, and its SR PNG and the gallery's
+The dag part compares what one more megapixel costs end to end with what the model alone
+costs for it.  The megapixel also has to be decoded, and its SR PNG and the gallery's
 bicubic PNG and comparison strip encoded.  Here that work runs with the project's
 own functions, in one thread, with no Spark, no storage, no scheduler and none of
 the pipeline's intermediate datasets, so its CPU time is the least that any pipeline
 publishing the same artifacts can add to the model.  ``1 + floor / model`` is then
-the lowest marginal ratio any design reaches on these cores; it says whether D's
-target can be met at all while the output stays what it is.
+the lowest marginal ratio any design reaches on these cores; it says whether the
+dag's marginal-cost target can be met at all while the output stays what it is.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ def cpu_s(fn: Callable[[], Any], rounds: int = 3) -> float:
 def run(up: Upscaler, photos: list[Image], model_cpu_s_per_mp: float, rounds: int = 3) -> dict[str, Any]:
     """Core-seconds per LR MP of each step, and the lowest reachable marginal ratio.
 
-    ``model_cpu_s_per_mp`` is the model alone as D's profile counts it: cores / the
-    throughput of A's backend (D's reference).
+    ``model_cpu_s_per_mp`` is the model alone as the dag's profile counts it: cores / the
+    throughput of the engine's backend (the dag's reference).
     """
     s = up.scale
     mp = sum(p.megapixels for p in photos)

@@ -1,15 +1,23 @@
-"""``make bench``: every measurement of issue #6 in one process tree, back to back.
+"""``make bench``: every performance measurement in one process tree, back to back.
 
     python -m benchmarks.run [--images 8] [--size 512] [--seed-images 2] [--rounds 3]
-                             [--dag-n 16 64] [--skip-dag] [--inputs photos|random] [--out FILE]
+                             [--dag-n 16 64] [--skip-dag] [--parts engine spark_stage dag]
+                             [--inputs photos|random] [--out FILE]
 
-A  engine: whole-image FSRCNN x2, PyTorch eager vs the project's backend (this process, all cores)
-B  Spark inference stage (tiles Parquet -> mapInArrow FSRCNN -> Parquet) vs A's backend, 16 and 64 images
-C  the seed design (per-row UDF on 16x16 patches, model rebuilt per call) vs B
-D  superres_daily end to end at two N (upscale, 512x512): fixed overhead and marginal cost
-E  peak RSS of the Spark driver (JVM + Python) and the Python workers during D
+engine       benchmarks.engine: whole-image FSRCNN x2, PyTorch eager vs the project's backend
+             (this process, all cores)
+spark_stage  benchmarks.spark_stage: the Spark inference stage (tiles Parquet -> mapInArrow
+             FSRCNN -> Parquet) vs the engine's backend, at 16 and 64 images
+seed_udf     benchmarks.spark_stage: the seed design (per-row UDF on 16x16 patches, model
+             rebuilt per call) vs the Spark stage
+dag          benchmarks.dag: superres_daily end to end at two N (upscale, 512x512): fixed
+             overhead and marginal cost, with benchmarks.floor's floor under the latter
+dag_memory   benchmarks.dag: peak RSS of the Spark driver (JVM + Python) and the Python
+             workers during the dag runs
 
-Prints a table and writes ``benchmarks/results/latest.json``.
+``--parts`` names modules: ``spark_stage`` measures the stage and the seed design, ``dag``
+the DAG runs and their memory.  Prints a table and writes ``benchmarks/results/latest.json``
+(the raw figures under the keys above).
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +37,8 @@ from benchmarks import common
 from superres.config import Settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
-TARGETS = {  # headline key -> (comparison, threshold) from issue #6
+PARTS = ("engine", "spark_stage", "dag")  # --parts: the measurement modules, run in this order
+TARGETS = {  # headline key -> (comparison, threshold): the project's performance targets
     "engine_speedup_vs_eager": (">=", 1.3),
     "spark_vs_single_process": (">=", 0.85),
     "speedup_vs_seed_per_row": (">=", 5.0),
@@ -40,27 +50,30 @@ TARGETS = {  # headline key -> (comparison, threshold) from issue #6
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", type=int, default=16, help="images for A (default 16)")
+    p.add_argument("--images", type=int, default=16, help="images for the engine (default 16)")
     p.add_argument("--spark-images", type=int, nargs="+", default=(16, 64), metavar="N",
-                   help="B: the Spark stage at each of these batch sizes; the largest is the headline "
-                        "(default 16 64, D's two N)")
-    p.add_argument("--ablation-images", type=int, default=4, help="images for A's per-idea rows")
+                   help="the Spark stage at each of these batch sizes; the largest is the headline "
+                        "(default 16 64, the dag's two N)")
+    p.add_argument("--ablation-images", type=int, default=4, help="images for the engine's per-idea rows")
     p.add_argument("--size", type=int, default=512, help="LR image side in pixels (default 512)")
-    p.add_argument("--seed-images", type=int, default=2, help="images for C, the slow seed design")
-    p.add_argument("--rounds", type=int, default=3, help="timed rounds for A and B (median)")
+    p.add_argument("--seed-images", type=int, default=2, help="images for seed_udf, the slow seed design")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="timed rounds for the engine and the Spark stage (median)")
     p.add_argument("--tile", type=int, default=Settings().tile_size,
-                   help="largest Spark tile side for B (the DAG's default); cut evenly as split does")
+                   help="largest Spark tile side for the Spark stage (the DAG's default); "
+                        "cut evenly as split does")
     p.add_argument("--inputs", choices=("photos", "random"), default="photos")
-    p.add_argument("--threads", type=int, default=0, help="torch threads for A (0: all cores)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads for the engine (0: all cores)")
     p.add_argument("--dag-n", type=int, nargs=2, default=(16, 64), metavar=("SMALL", "LARGE"))
     p.add_argument("--dag-repeats", type=int, default=2,
-                   help="D/E: runs of each N, interleaved; the fit takes each N's least wall (default 2)")
-    p.add_argument("--skip-dag", action="store_true", help="skip D and E (the long part)")
+                   help="dag: runs of each N, interleaved; the fit takes each N's least wall (default 2)")
+    p.add_argument("--skip-dag", action="store_true", help="skip the dag part (the long one)")
     p.add_argument("--dag-spark", choices=("connect", "submit"), default="connect",
-                   help="D/E: jobs on one Spark Connect server (make run's default) or a Spark "
+                   help="dag: jobs on one Spark Connect server (make run's default) or a Spark "
                         "application per task")
-    p.add_argument("--parts", default="ABCDE", help="which measurements to run (default ABCDE)")
-    p.add_argument("--no-ablation", action="store_true", help="skip A's per-idea rows")
+    p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), metavar="PART",
+                   help=f"which measurement modules to run: {', '.join(PARTS)} (default all)")
+    p.add_argument("--no-ablation", action="store_true", help="skip the engine's per-idea rows")
     p.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "superres-bench"),
                    help="scratch space: Parquet, the bench's own Airflow home and storage")
     p.add_argument("--out", default=str(RESULTS / "latest.json"))
@@ -68,11 +81,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def headline(results: dict[str, Any]) -> dict[str, float | None]:
-    a, b, c = results.get("A"), results.get("B"), results.get("C")
-    d, e = results.get("D"), results.get("E")
+    a, b, c = results.get("engine"), results.get("spark_stage"), results.get("seed_udf")
+    d, e = results.get("dag"), results.get("dag_memory")
     return {
         "engine_speedup_vs_eager": a["speedup"] if a else None,
-        # B's own single-process rounds, taken between its Spark rounds; A's when there are none.
+        # The stage's own single-process rounds, taken between its Spark rounds; the engine's
+        # when there are none.
         "spark_vs_single_process": (b["spark_mp_s"] / (b.get("backend_mp_s") or a["fast_mp_s"])
                                     if a and b else None),
         "speedup_vs_seed_per_row": b["spark_mp_s"] / c["seed_mp_s"] if b and c else None,
@@ -91,61 +105,70 @@ def verdicts(head: dict[str, float | None]) -> dict[str, bool | None]:
 
 
 def table(results: dict[str, Any], head: dict[str, Any], ok: dict[str, Any]) -> str:
-    a, b, c, d, e = (results.get(k) for k in "ABCDE")
+    a, b, c, d, e = (results.get(k) for k in ("engine", "spark_stage", "seed_udf", "dag", "dag_memory"))
     lines = ["", f"superres benchmarks {results['date']} on {results['machine']['cpu_model']} "
              f"({results['machine']['cores']} cores), commit {results['git']['commit'][:10]}"
              f"{' +local changes' if results['git']['dirty'] else ''}", ""]
-    row = "{:<4} {:<58} {:>12} {:>9}  {}"
+    row = "{:<11} {:<58} {:>12} {:>9}  {}"
     lines.append(row.format("", "measurement", "value", "target", ""))
 
-    def add(tag: str, what: str, key: str | None, value: float | None, fmt: str = "{:.2f}") -> None:
-        target = ""
-        status = ""
-        if key:
-            op, limit = TARGETS[key]
-            target = f"{op} {limit:g}"
-            status = {True: "ok", False: "SHORT", None: "-"}[ok[key]]
-        lines.append(row.format(tag, what, "-" if value is None else fmt.format(value), target, status))
+    def section(tag: str) -> Callable[..., None]:
+        """The row writer of one measurement, its rows labelled ``tag``."""
+
+        def add(what: str, key: str | None, value: float | None, fmt: str = "{:.2f}") -> None:
+            target = ""
+            status = ""
+            if key:
+                op, limit = TARGETS[key]
+                target = f"{op} {limit:g}"
+                status = {True: "ok", False: "SHORT", None: "-"}[ok[key]]
+            lines.append(row.format(tag, what, "-" if value is None else fmt.format(value), target, status))
+
+        return add
 
     if a:
-        add("A", "PyTorch eager, whole image (MP/s)", None, a["eager_mp_s"], "{:.3f}")
-        add("A", "project backend `fast` (MP/s)", None, a["fast_mp_s"], "{:.3f}")
-        add("A", "speed-up vs eager", "engine_speedup_vs_eager", head["engine_speedup_vs_eager"])
+        add = section("engine")
+        add("PyTorch eager, whole image (MP/s)", None, a["eager_mp_s"], "{:.3f}")
+        add("project backend `fast` (MP/s)", None, a["fast_mp_s"], "{:.3f}")
+        add("speed-up vs eager", "engine_speedup_vs_eager", head["engine_speedup_vs_eager"])
     if b:
+        add = section("spark_stage")
         for n, sub in b.get("by_images", {}).items():
             if int(n) != b["images"]:
-                add("B", f"{n} images: Spark {sub['spark_mp_s']:.3f} MP/s, single process "
+                add(f"{n} images: Spark {sub['spark_mp_s']:.3f} MP/s, single process "
                     f"{sub['backend_mp_s']:.3f}; ratio", None, sub["ratio"])
-        add("B", f"Spark inference stage, {b['images']} images, warm (MP/s; cold {b['spark_cold_mp_s']:.3f})",
+        add(f"Spark inference stage, {b['images']} images, warm (MP/s; cold {b['spark_cold_mp_s']:.3f})",
             None, b["spark_mp_s"], "{:.3f}")
         if b.get("backend_mp_s"):
-            add("B", "single-process backend, rounds between B's (MP/s)", None, b["backend_mp_s"], "{:.3f}")
-        add("B", "Spark / single-process backend", "spark_vs_single_process", head["spark_vs_single_process"])
+            add("single-process backend, rounds between Spark's (MP/s)", None, b["backend_mp_s"], "{:.3f}")
+        add("Spark / single-process backend", "spark_vs_single_process", head["spark_vs_single_process"])
         if b.get("cpu_s_per_mp"):
-            add("B", f"core-s per LR MP: Python workers {b['cpu_s_per_mp']['python_workers']:.2f}, JVM",
+            add(f"core-s per LR MP: Python workers {b['cpu_s_per_mp']['python_workers']:.2f}, JVM",
                 None, b["cpu_s_per_mp"]["jvm"])
         if b.get("stage_fit"):
             sf = b["stage_fit"]
-            add("B", "Spark job's fixed cost, intercept over batch sizes (s)", None, sf["fixed_s"], "{:.2f}")
-            add("B", "marginal Spark throughput / single process", None, sf["marginal_vs_single_process"])
+            add("Spark job's fixed cost, intercept over batch sizes (s)", None, sf["fixed_s"], "{:.2f}")
+            add("marginal Spark throughput / single process", None, sf["marginal_vs_single_process"])
     if c:
-        add("C", "seed per-row UDF, 16x16 patches (MP/s)", None, c["seed_mp_s"], "{:.4f}")
-        add("C", "Spark stage / seed design", "speedup_vs_seed_per_row", head["speedup_vs_seed_per_row"])
+        add = section("seed_udf")
+        add("seed per-row UDF, 16x16 patches (MP/s)", None, c["seed_mp_s"], "{:.4f}")
+        add("Spark stage / seed design", "speedup_vs_seed_per_row", head["speedup_vs_seed_per_row"])
     if d:
+        add = section("dag")
         f = d["fit"]
         for run in d["runs"]:
             fitted = " (fitted)" if run["ds"] in f.get("fitted_ds", ()) and len(d["runs"]) > 2 else ""
-            add("D", f"superres_daily N={run['n']} wall (s){'' if run['ok'] else ' FAILED'}{fitted}", None,
+            add(f"superres_daily N={run['n']} wall (s){'' if run['ok'] else ' FAILED'}{fitted}", None,
                 run["wall_s"], "{:.1f}")
-        add("D", "fixed overhead, intercept (s)", "fixed_overhead_s", f["fixed_overhead_s"], "{:.1f}")
-        add("D", "marginal cost (s per LR MP)", None, f["marginal_s_per_mp"], "{:.2f}")
-        add("D", "pure inference, best round between runs (s per LR MP)", None,
+        add("fixed overhead, intercept (s)", "fixed_overhead_s", f["fixed_overhead_s"], "{:.1f}")
+        add("marginal cost (s per LR MP)", None, f["marginal_s_per_mp"], "{:.2f}")
+        add("pure inference, best round between runs (s per LR MP)", None,
             f["pure_inference_s_per_mp"], "{:.2f}")
-        add("D", "marginal / pure inference", "marginal_cost_ratio", head["marginal_cost_ratio"])
+        add("marginal / pure inference", "marginal_cost_ratio", head["marginal_cost_ratio"])
         if d.get("floor"):
             fl = d["floor"]
-            add("D", "floor: published work besides the model (core-s/MP)", None, fl["total_cpu_s_per_mp"])
-            add("D", f"lowest reachable ratio ({fl['lowest_marginal_ratio_without_gallery']:.2f} "
+            add("floor: published work besides the model (core-s/MP)", None, fl["total_cpu_s_per_mp"])
+            add(f"lowest reachable ratio ({fl['lowest_marginal_ratio_without_gallery']:.2f} "
                 "without gallery PNGs)", None, fl["lowest_marginal_ratio"])
         lines.append("")
         lines.append("     per task (s)    " + "".join(f"{st:>12}" for st in f["stages"]))
@@ -159,16 +182,17 @@ def table(results: dict[str, Any], head: dict[str, Any], ok: dict[str, Any]) -> 
         lines.append("")
         lines += cpu_lines(f.get("cpu_profile"))
     if e:
+        add = section("dag_memory")
         for run in d["runs"]:
             m = run["memory"]
-            add("E", f"N={run['n']} peak RSS MB: driver {m['driver_peak_mb']}, workers "
+            add(f"N={run['n']} peak RSS MB: driver {m['driver_peak_mb']}, workers "
                 f"{m['workers_peak_mb']}, together", None, m["spark_peak_mb"], "{:.0f}")
-        add("E", "peak RSS N=64 / N=16 (driver + workers)", "rss_ratio_64_vs_16", head["rss_ratio_64_vs_16"])
+        add("peak RSS N=64 / N=16 (driver + workers)", "rss_ratio_64_vs_16", head["rss_ratio_64_vs_16"])
     return "\n".join(lines)
 
 
 def cpu_lines(prof: dict[str, Any] | None) -> list[str]:
-    """D's marginal core-seconds per LR MP: by Spark job, who used them, and what went unused."""
+    """The dag's marginal core-seconds per LR MP: by Spark job, who used them, and what went unused."""
     if not prof:
         return []
     cpu, mach = prof["cpu_s_per_mp"], prof["machine_s_per_mp"]
@@ -177,7 +201,7 @@ def cpu_lines(prof: dict[str, Any] | None) -> list[str]:
     cols = ("busy", "idle", "steal")
     head = "{:<13}" + "{:>11}" * (len(ROLES) + len(cols))
     out = [f"     marginal core-seconds per LR MP ({prof['cores']} cores; the model alone, "
-           f"A's backend: {prof['model_cpu_s_per_mp']:.2f})",
+           f"the engine's backend: {prof['model_cpu_s_per_mp']:.2f})",
            "     " + head.format("job", *(r.replace("python_", "py ") for r in ROLES), *cols)]
     jobs = [j for j in cpu if j != "total"] + ["total"]
     for job in jobs:
@@ -207,19 +231,19 @@ def main(argv: list[str] | None = None) -> int:
     weights = default_weights(2)
     model = load_model(weights, scale=2)
 
-    parts = set(args.parts.upper()) - (set("DE") if args.skip_dag else set())
-    if "A" in parts:
-        print("A. engine", flush=True)
-        results["A"] = engine.run(model, images, rounds=args.rounds, ablation=not args.no_ablation,
+    parts = set(args.parts) - ({"dag"} if args.skip_dag else set())
+    if "engine" in parts:
+        print("engine", flush=True)
+        results["engine"] = engine.run(model, images, rounds=args.rounds, ablation=not args.no_ablation,
                                   threads=args.threads, ablation_images=args.ablation_images)
-    if parts & set("BC"):
+    if "spark_stage" in parts:
         run_spark(args, results, images, model, weights, workdir)
-    if parts & set("DE"):
-        print("D/E. superres_daily end to end", flush=True)
+    if "dag" in parts:
+        print("dag: superres_daily end to end", flush=True)
         from benchmarks import dag
 
         small, large = sorted(args.dag_n)
-        # One round of A's backend, timed again beside each run (the machine's speed drifts).
+        # One round of the engine's backend, timed again beside each run (the machine's speed drifts).
         inference = engine.probe(model, images, args.threads)
         with dag.DagBench(workdir / "dag", photos=large, size=args.size, spark=args.dag_spark) as bench:
             # A long-lived server is measured warm, as it runs day to day: one small run first
@@ -232,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
             runs, rates = [], []
             for i, n in enumerate(plan):
                 rates.append(inference())
-                print(f"  D pure inference (A's backend) {rates[-1]:.3f} MP/s", flush=True)
+                print(f"  dag pure inference (engine's backend) {rates[-1]:.3f} MP/s", flush=True)
                 runs.append(bench.run(n, (first + dt.timedelta(days=i)).isoformat()))
         # The least any design adds to the model for what a run publishes (one thread, no Spark).
         from benchmarks import floor
@@ -240,19 +264,19 @@ def main(argv: list[str] | None = None) -> int:
 
         cores = results["machine"]["cores"]
         lowest = floor.run(Upscaler(model, backend="fast"), images, cores / max(rates))
-        print(f"  D floor: {lowest['total_cpu_s_per_mp']:.2f} core-s per LR MP besides the model, "
+        print(f"  dag floor: {lowest['total_cpu_s_per_mp']:.2f} core-s per LR MP besides the model, "
               f"lowest reachable ratio {lowest['lowest_marginal_ratio']:.2f}", flush=True)
-        results["D"] = {"runs": runs, "migrate_s": bench.migrate_s, "spark": args.dag_spark,
+        results["dag"] = {"runs": runs, "migrate_s": bench.migrate_s, "spark": args.dag_spark,
                         "server_start_s": bench.server_start_s, "warmup_run": warmup,
                         "inference_mp_s_rounds": rates, "floor": lowest,
                         "fit": dag.fit(runs, max(rates), cores)}
-        results["E"] = dag.memory_ratio(runs)
+        results["dag_memory"] = dag.memory_ratio(runs)
     return finish(args, results, t_start)
 
 
 def run_spark(args: argparse.Namespace, results: dict[str, Any], images, model, weights: Path,
               workdir: Path) -> None:
-    print("B/C. Spark", flush=True)
+    print("spark_stage: the Spark inference stage and the seed design", flush=True)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # workers run this venv's Python
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     from dataclasses import asdict
@@ -269,23 +293,25 @@ def run_spark(args: argparse.Namespace, results: dict[str, Any], images, model, 
     spark = session("superres-bench")
     try:
         state, meta = weights.read_bytes(), asdict(read_meta(weights))
-        if "A" not in results:
-            raise SystemExit("B and C compare with A: run A too (--parts ABC)")
-        results["B"] = run_b_sizes(args, spark, model, state, meta, workdir / "spark")
-        results["C"] = spark_stage.run_c(spark, state, meta, images[: args.seed_images], workdir / "spark",
-                                         partitions=results["B"]["partitions"])
+        if "engine" not in results:
+            raise SystemExit("spark_stage compares with the engine: run it too (--parts engine spark_stage)")
+        results["spark_stage"] = run_stage_sizes(args, spark, model, state, meta, workdir / "spark")
+        results["seed_udf"] = spark_stage.run_seed(spark, state, meta, images[: args.seed_images],
+                                                   workdir / "spark",
+                                                   partitions=results["spark_stage"]["partitions"])
     finally:
         spark.stop()
 
 
-def run_b_sizes(args: argparse.Namespace, spark, model, state: bytes, meta: dict[str, Any],
-                workdir: Path) -> dict[str, Any]:
-    """B at each ``--spark-images`` batch size, each against A's backend on the same images.
+def run_stage_sizes(args: argparse.Namespace, spark, model, state: bytes, meta: dict[str, Any],
+                    workdir: Path) -> dict[str, Any]:
+    """The Spark stage at each ``--spark-images`` batch size, each against the engine's backend
+    on the same images.
 
     A Spark job has a fixed cost (planning, task launch, the commit) that a batch of 16
-    images no longer hides on a machine fast at the model; D's N are 16 and 64, so B is
-    taken at both and the two give the stage's fixed cost and its marginal throughput.
-    The headline is the largest batch, the size the daily run is measured at in D.
+    images does not hide on a machine fast at the model; the dag's N are 16 and 64, so the
+    stage is taken at both and the two give its fixed cost and its marginal throughput.
+    The headline is the largest batch, the size the daily run is measured at in the dag part.
     """
     from benchmarks import engine, spark_stage
 
@@ -293,10 +319,10 @@ def run_b_sizes(args: argparse.Namespace, spark, model, state: bytes, meta: dict
     pool = common.make_images(sizes[-1], args.size, args.inputs)
     by_n: dict[int, dict[str, Any]] = {}
     for n in sizes:
-        print(f"  B at {n} images", flush=True)
+        print(f"  spark_stage at {n} images", flush=True)
         images = pool[:n]
-        by_n[n] = spark_stage.run_b(spark, model, state, meta, images, workdir, args.tile, rounds=args.rounds,
-                                    backend=engine.probe(model, images, args.threads))
+        by_n[n] = spark_stage.run(spark, model, state, meta, images, workdir, args.tile, rounds=args.rounds,
+                                  backend=engine.probe(model, images, args.threads))
     out = {**by_n[sizes[-1]], "by_images": {str(n): spark_stage.summary(b) for n, b in by_n.items()}}
     if len(sizes) > 1:
         out["stage_fit"] = spark_stage.stage_fit(by_n[sizes[0]], by_n[sizes[-1]])

@@ -1,13 +1,14 @@
-"""B. The Spark inference stage, and C. the seed design (a per-row UDF) as its peer.
+"""The Spark inference stage (``spark_stage``), and the seed design, a per-row UDF, as its
+peer (``seed_udf``).
 
-B runs :func:`superres.pipeline.inference.run_stage` (what ``spark_jobs/inference.py``
+:func:`run` times :func:`superres.pipeline.inference.run_stage` (what ``spark_jobs/inference.py``
 runs) on a live ``local[*]`` session: tiles Parquet -> batched FSRCNN in
 ``mapInArrow`` -> SR tiles Parquet, timed from the read to the written files.
 The first run starts the Python workers and builds their models (reported as
 ``cold``); the figure is the median of the warm runs that follow, as in a
 long-lived cluster or any job with more than one batch of work.
 
-C is the naive design the project started from: non-overlapping 16x16 patches,
+:func:`run_seed` times the naive design the project started from: non-overlapping 16x16 patches,
 one row each, a plain (pickled, row-at-a-time) Python UDF that rebuilds the
 model from the broadcast weights on every call.  Same session, same cores.
 """
@@ -65,7 +66,7 @@ def stitch_from(path: Path, image: Image, scale: int) -> np.ndarray:
 
 
 def tree_cpu_s() -> dict[str, float]:
-    """CPU-seconds so far of this process (B's driver) and its children, by role.
+    """CPU-seconds so far of this process (the stage's driver) and its children, by role.
 
     The children are the gateway JVM and, under it, the Python workers, which live
     from round to round (``spark.python.worker.reuse``), so differences are per round.
@@ -84,12 +85,14 @@ def tree_cpu_s() -> dict[str, float]:
     return out
 
 
-def run_b(spark, model, state: bytes, meta: dict[str, Any], images: list[Image], workdir: Path,
-          tile: int, rounds: int = 3, backend: Callable[[], float] | None = None) -> dict[str, Any]:
-    """B's rounds; ``backend`` (:func:`benchmarks.engine.probe`) times A's backend after each one.
+def run(spark, model, state: bytes, meta: dict[str, Any], images: list[Image], workdir: Path,
+        tile: int, rounds: int = 3, backend: Callable[[], float] | None = None) -> dict[str, Any]:
+    """The stage's rounds; ``backend`` (:func:`benchmarks.engine.probe`) times the engine's
+    backend after each one.
 
-    The machine's speed drifts within minutes (benchmarks/README.md, session 15), so the
-    single-process reference is taken round by round beside the Spark stage, not only in A.
+    The shared 2-core machines' speed drifts by a third within minutes (benchmarks/README.md,
+    *Reading the figures*), so the single-process reference is taken round by round beside the
+    Spark stage, not only in the engine's measurement minutes earlier.
     """
     mp = sum(img.megapixels for img in images)
     tiles_path, out_path = workdir / "tiles", workdir / "sr_tiles"
@@ -99,7 +102,7 @@ def run_b(spark, model, state: bytes, meta: dict[str, Any], images: list[Image],
         return run_stage(spark, str(tiles_path), str(out_path), state, meta, device="cpu")
 
     cold, info = timed(stage)
-    print(f"  B spark cold (starts workers) {mp / cold:.3f} MP/s", flush=True)
+    print(f"  spark_stage cold (starts workers) {mp / cold:.3f} MP/s", flush=True)
     rates, backend_rates, cpu_rounds = [], [], []
     for _ in range(rounds):
         before = tree_cpu_s()
@@ -107,10 +110,10 @@ def run_b(spark, model, state: bytes, meta: dict[str, Any], images: list[Image],
         after = tree_cpu_s()
         cpu_rounds.append({k: round((after[k] - before[k]) / mp, 3) for k in after})
         rates.append(mp / seconds)
-        print(f"  B spark warm {rates[-1]:.3f} MP/s", flush=True)
+        print(f"  spark_stage warm {rates[-1]:.3f} MP/s", flush=True)
         if backend is not None:
             backend_rates.append(backend())
-            print(f"  B single-process backend {backend_rates[-1]:.3f} MP/s", flush=True)
+            print(f"  spark_stage single-process backend {backend_rates[-1]:.3f} MP/s", flush=True)
     # The same tile windows through the same backend in this process, all cores:
     # separates Spark's own cost from the cost of the tile layout.
     up = Upscaler(model, backend="fast")
@@ -144,12 +147,12 @@ def run_b(spark, model, state: bytes, meta: dict[str, Any], images: list[Image],
 
 
 def ratio(b: dict[str, Any]) -> float | None:
-    """B's figure: the warm Spark stage over A's backend timed between its rounds."""
+    """The stage's figure: the warm Spark stage over the engine's backend timed between its rounds."""
     return b["spark_mp_s"] / b["backend_mp_s"] if b.get("backend_mp_s") else None
 
 
 def summary(b: dict[str, Any]) -> dict[str, Any]:
-    """One batch size's B, for ``B.by_images``."""
+    """One batch size's stage figures, for ``spark_stage.by_images``."""
     keys = ("images", "megapixels", "spark_mp_s", "spark_mp_s_rounds", "backend_mp_s",
             "backend_mp_s_rounds", "cold_s", "cpu_s_per_mp")
     return {**{k: b[k] for k in keys}, "ratio": ratio(b)}
@@ -202,7 +205,7 @@ def seed_udf(state_bc, meta: dict[str, Any]):
     return udf(sr_patch, BinaryType(), useArrow=False)
 
 
-def run_c(spark, state: bytes, meta: dict[str, Any], images: list[Image], workdir: Path,
+def run_seed(spark, state: bytes, meta: dict[str, Any], images: list[Image], workdir: Path,
           partitions: int) -> dict[str, Any]:
     from pyspark.sql.functions import col
 
@@ -221,6 +224,6 @@ def run_c(spark, state: bytes, meta: dict[str, Any], images: list[Image], workdi
     stage(limit=2 * partitions)  # warm-up: Python workers up, torch imported
     seconds, _ = timed(stage)
     rate = mp / seconds
-    print(f"  C seed per-row UDF {rate:.4f} MP/s ({n} patches in {seconds:.1f}s)", flush=True)
+    print(f"  seed_udf per-row UDF {rate:.4f} MP/s ({n} patches in {seconds:.1f}s)", flush=True)
     return {"images": len(images), "patches": n, "patch": PATCH, "seconds": seconds, "seed_mp_s": rate,
             "partitions": partitions}

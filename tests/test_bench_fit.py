@@ -1,5 +1,5 @@
-"""D/E's fit over repeated DAG runs (each N's fastest run is fitted, memory takes each N's peak), and B's
-fit over its two batch sizes."""
+"""benchmarks.dag's fit over repeated DAG runs (each N's fastest run is fitted, memory takes each
+N's peak), and benchmarks.spark_stage's fit over its two batch sizes."""
 
 from __future__ import annotations
 
@@ -46,19 +46,19 @@ def test_memory_ratio_compares_each_n_at_its_highest_peak() -> None:
     assert memory_ratio(runs)["ratio"] == pytest.approx(1200 / 1100)
 
 
-def b_run(n: int, seconds: float, backend_mp_s: float) -> dict[str, Any]:
+def stage_run(n: int, seconds: float, backend_mp_s: float) -> dict[str, Any]:
     return {"images": n, "megapixels": MP[n], "spark_mp_s": MP[n] / seconds, "spark_mp_s_rounds": [],
             "backend_mp_s": backend_mp_s, "backend_mp_s_rounds": [], "cold_s": 9.0,
             "cpu_s_per_mp": {"jvm": 0.2}}
 
 
-def test_b_stage_fit_splits_the_job_fixed_cost_from_the_throughput() -> None:
-    small, large = b_run(16, 5.0, 1.0), b_run(64, 17.0, 1.2)  # 1 s fixed, 1 MP/s after it
+def test_stage_fit_splits_the_job_fixed_cost_from_the_throughput() -> None:
+    small, large = stage_run(16, 5.0, 1.0), stage_run(64, 17.0, 1.2)  # 1 s fixed, 1 MP/s after it
     f = stage_fit(small, large)
     assert f["fixed_s"] == pytest.approx(5.0 - 4.194304 * 12.0 / (MP[64] - MP[16]))
     assert f["marginal_mp_s"] == pytest.approx((MP[64] - MP[16]) / 12.0)
     assert f["marginal_vs_single_process"] == pytest.approx(f["marginal_mp_s"] / 1.2)
     assert summary(large)["ratio"] == pytest.approx(MP[64] / 17.0 / 1.2)
-    assert stage_fit(small, b_run(64, 4.0, 1.2))["marginal_mp_s"] is None  # no positive slope
+    assert stage_fit(small, stage_run(64, 4.0, 1.2))["marginal_mp_s"] is None  # no positive slope
     with pytest.raises(ValueError, match="two different batch sizes"):
         stage_fit(large, small)

@@ -1,4 +1,4 @@
-"""D's floor: the published per-image work is timed step by step, and bounds the reachable ratio."""
+"""benchmarks.floor: the published per-image work is timed step by step, and bounds the reachable ratio."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The D/E benchmark's sampler profiles real processes: CPU lands on the right role and job."""
+"""benchmarks.dag's sampler profiles real processes: CPU lands on the right role and job."""
 
 from __future__ import annotations
 
