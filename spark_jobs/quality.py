@@ -104,8 +104,8 @@ def audit(storage: Storage, args: argparse.Namespace) -> tuple[dict[str, Any], d
     The gates run here, on frames of a row per image or tile, not in a Spark worker:
     a worker would import Great Expectations afresh for every run anyway (a Spark
     Connect server starts new Python workers for each client session, and every run
-    has its own, ``services.ensure_spark_connect``) and add its own start.  Measured in session 8
-    at 64 photos: the job took 15.5 s with the gates in a worker, 11.7 s like this.
+    has its own, ``services.ensure_spark_connect``) and add its own start.  At 64 photos
+    the job takes 15.5 s with the gates in a worker and 11.7 s like this.
     (Importing it on a thread during the reads saved another 0.6 s; not done, because
     Great Expectations imports ``pyspark.sql`` too, and two threads importing pyspark's
     interdependent modules at once risk Python's import deadlock error.)

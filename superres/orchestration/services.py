@@ -164,7 +164,7 @@ def spark_submit_binary() -> str:
 # The serial collector, with the heap shrunk after each full collection to at most 30 %
 # free.  On a local master the server's JVM shares the machine's few cores with the Python
 # workers, and a long-lived server should hand back heap it no longer needs.  Measured
-# with `make bench` (session 13, three runs each), against G1 with periodic collections:
+# with `make bench` (three runs each), against G1 with periodic collections:
 # peak RSS N=64 / N=16 1.03-1.11 against 1.14-1.21 and fixed overhead 46-51 s against
 # 52-55 s.  Its marginal cost, 2.81-3.55 s per MP against 2.73-2.98, is within the spread
 # between runs; it made 34 full collections (7 s) in a bench, and 40/70 % free for fewer
@@ -211,8 +211,8 @@ def ensure_spark_connect(url: str, env: dict[str, str], master: str = "local[*]"
     """Start the local Spark Connect server, or reuse ours if it runs the current code.
 
     The server saves every Spark task the start of a Spark application.  Spark 4.1
-    starts a Python daemon, and so fresh workers, for each client session (measured
-    in session 7: three sessions, three daemons), and within a session replaces a
+    starts a Python daemon, and so fresh workers, for each client session (three
+    sessions in a row on one server show three daemons), and within a session replaces a
     worker idle for a minute; the Spark tasks of one run share a session
     (``superres.pipeline.spark._remote_session``), so its workers serve the whole run
     and no longer.  A server started from other sources is still restarted, so no
