@@ -145,9 +145,9 @@ def encode_pixels(arr: np.ndarray, dtype: str = "<f4") -> bytes:
 
 
 # SR tiles (inference -> reconstruct) are stored as float16: half the bytes Spark moves
-# and stores for them (the inference job's JVM spent a quarter less CPU per megapixel;
-# benchmarks/README.md, session 16).  Y in [0, 1] keeps 11 significant bits, an error
-# of at most 0.06 of a uint8 level, so the stitched output stays within 1 level of
+# and stores for them (the inference job's JVM spends a quarter less CPU per megapixel than
+# with float32; benchmarks/README.md, *Spark session defaults*).  Y in [0, 1] keeps 11
+# significant bits, an error of at most 0.06 of a uint8 level, so the stitched output stays within 1 level of
 # float32's (the contract every backend meets); NaN and inf survive for the quality gate.
 SR_DTYPE = "<f2"
 
