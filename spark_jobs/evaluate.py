@@ -61,6 +61,7 @@ from superres.pipeline.spark import (
     map_in_arrow,
     parallelism,
     parse,
+    run_job,
     session,
     stage_summary,
     staging_writer,
@@ -137,7 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     storage = open_storage(args.storage_uri)
     metrics_key = layout.report_key(ds, "metrics.json")
     spark = session(f"superres-evaluate-{ds}", args.spark_remote, IMAGE_ROWS_PER_BATCH,
-                    session_id=args.spark_session_id)
+                    session_id=args.spark_session_id,
+                    connect_timeout_s=args.spark_connect_timeout_s)
     try:
         with stage_summary(storage, ds, "evaluate", {"mode": mode, "scale": scale}) as summary:
             summary.update(spark=where(spark))
@@ -213,4 +215,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_job(main))

@@ -18,7 +18,7 @@ from dataclasses import asdict
 from superres.engine import resolve_backend
 from superres.pipeline import layout
 from superres.pipeline.inference import run_stage
-from superres.pipeline.spark import job_parser, parse, session, stage_summary, where
+from superres.pipeline.spark import job_parser, parse, run_job, session, stage_summary, where
 from superres.storage import open_storage
 from superres.weights import check_weights, default_weights
 
@@ -33,7 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Refuse a wrong file here, before any Spark work; the driver never imports torch.
     meta = asdict(check_weights(weights, scale=args.scale))
     storage = open_storage(args.storage_uri)
-    spark = session(f"superres-inference-{args.ds}", args.spark_remote, session_id=args.spark_session_id)
+    spark = session(f"superres-inference-{args.ds}", args.spark_remote, session_id=args.spark_session_id,
+                    connect_timeout_s=args.spark_connect_timeout_s)
     try:
         with stage_summary(storage, args.ds, "inference", {"scale": args.scale, "weights": weights.name,
                                                             "device": args.device,
@@ -52,4 +53,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_job(main))

@@ -31,6 +31,7 @@ from superres.pipeline.spark import (
     is_remote,
     job_parser,
     parse,
+    run_job,
     session,
     stage_summary,
     where,
@@ -114,7 +115,8 @@ def audit(storage: Storage, args: argparse.Namespace) -> tuple[dict[str, Any], d
     """
     manifest = storage.read_json(layout.manifest_key(args.ds))
     spark = session(f"superres-quality-{args.ds}", args.spark_remote, IMAGE_ROWS_PER_BATCH,
-                    session_id=args.spark_session_id)
+                    session_id=args.spark_session_id,
+                    connect_timeout_s=args.spark_connect_timeout_s)
     try:
         ran_on = where(spark)
         frames, missing = read_frames(spark, args.staging_uri, args.ds)
@@ -150,4 +152,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_job(main))

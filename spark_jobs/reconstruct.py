@@ -22,6 +22,7 @@ from superres.pipeline.spark import (
     IMAGE_ROWS_PER_BATCH,
     job_parser,
     parse,
+    run_job,
     session,
     stage_summary,
     staging_writer,
@@ -35,7 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     storage = open_storage(args.storage_uri)
     scale, max_pixels = args.scale, args.max_pixels
     spark = session(f"superres-reconstruct-{args.ds}", args.spark_remote, IMAGE_ROWS_PER_BATCH,
-                    session_id=args.spark_session_id)
+                    session_id=args.spark_session_id,
+                    connect_timeout_s=args.spark_connect_timeout_s)
     try:
         with stage_summary(storage, args.ds, "reconstruct", {"scale": scale}) as summary:
             summary.update(spark=where(spark))
@@ -67,4 +69,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_job(main))

@@ -20,6 +20,7 @@ from superres.pipeline.spark import (
     map_in_arrow,
     parallelism,
     parse,
+    run_job,
     session,
     stage_summary,
     staging_writer,
@@ -40,7 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return layout.staging_path(args.staging_uri, dataset, args.ds)
 
     spark = session(f"superres-split-{args.ds}", args.spark_remote, IMAGE_ROWS_PER_BATCH,
-                    session_id=args.spark_session_id)
+                    session_id=args.spark_session_id,
+                    connect_timeout_s=args.spark_connect_timeout_s)
     try:
         with stage_summary(storage, args.ds, "split", {"mode": args.mode, "scale": args.scale,
                                                         "tile_size": args.tile_size}) as summary:
@@ -75,4 +77,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_job(main))

@@ -110,6 +110,9 @@ class Settings:
     # imported, model built) stay warm from task to task.  `make run` / `make up`
     # start a local server at spark_connect_local_url and use it unless this is set.
     spark_remote: str = ""
+    # The longest a Spark job waits on a Spark Connect server that does not answer (the first
+    # connection, then the client's retries of any one call) before it fails, naming the server.
+    spark_connect_timeout_s: int = 120
     spark_connect_local_url: str = "sc://127.0.0.1:15002"
     # A Spark Python worker daemon with no worker alive for this long ends itself, and Spark
     # starts another when it needs one (superres.pipeline.worker_daemon): Spark 4.1 never
@@ -163,6 +166,8 @@ class Settings:
                      "notifier_request_timeout_s", "notifier_max_header_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.spark_connect_timeout_s < 1:
+            raise ValueError(f"spark_connect_timeout_s must be >= 1, got {self.spark_connect_timeout_s}")
         if not 0.0 <= self.min_success_ratio <= 1.0:
             raise ValueError("min_success_ratio must be within [0, 1]")
         if not self.max_aspect_ratio >= 1.0:  # NaN fails too

@@ -101,7 +101,7 @@ def test_every_job_setting_comes_from_the_run_not_the_job_environment(monkeypatc
     given = job_arguments(run, settings_of(run))
     parser = job_parser("test")
     # Only for a Spark Connect run; and --partitions, a job's own knob with no setting behind it.
-    optional = {"--spark-remote", "--spark-session-id", "--help", "--partitions"}
+    optional = {"--spark-remote", "--spark-session-id", "--spark-connect-timeout-s", "--help", "--partitions"}
     options = {o for a in parser._actions for o in a.option_strings if o.startswith("--")} - optional
     assert options <= set(given), options - set(given)
     args = parser.parse_args(given)

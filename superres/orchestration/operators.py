@@ -10,7 +10,8 @@ held back and the cluster's own identity applies: ``env_for_cluster``).
 In client deploy mode spark-submit's JVM maps a class-data-sharing archive that
 the first task wrote (``class_sharing``), which takes 0.6-0.9 s off every task.
 
-Before submitting it renews the date's lease (one run writes a date at a time),
+Before submitting it restarts the embedded Spark Connect server if it died
+(``restart_embedded_spark_connect``), and renews the date's lease (one run writes a date at a time),
 and when Airflow kills the task (SIGTERM -> ``on_kill``) it stops the whole
 spark-submit process tree, JVM and Python workers included, so nothing is left
 running or writing after the task is gone.
@@ -19,6 +20,7 @@ running or writing after the task is gone.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,8 @@ from superres.orchestration.class_sharing import class_sharing
 from superres.orchestration.run import settings_of, spark_session_id
 from superres.orchestration.services import spark_env, spark_submit_binary
 from superres.pipeline.spark import LOCAL_JVM_OPTIONS
+
+log = logging.getLogger(__name__)
 
 # How long the JVM gets to run its shutdown hooks (stop the SparkContext, remove
 # temp dirs, stop Python workers) after SIGTERM before the tree is SIGKILLed.
@@ -99,8 +103,28 @@ def job_arguments(run: dict[str, Any], s: Settings) -> list[str]:
     ]
     if s.spark_remote:
         # The run's Spark tasks share one session on the server, so its Python workers stay warm.
-        args += ["--spark-remote", s.spark_remote, "--spark-session-id", spark_session_id(run)]
+        args += ["--spark-remote", s.spark_remote, "--spark-session-id", spark_session_id(run),
+                 "--spark-connect-timeout-s", str(s.spark_connect_timeout_s)]
     return args
+
+
+def restart_embedded_spark_connect(s: Settings, env: dict[str, str] | None = None) -> str | None:
+    """Start the embedded Spark Connect server again if it died: a retry then finds it.
+
+    Only the server this checkout's embedded setup runs (``make run`` / ``make up`` at
+    ``spark_connect_local_url``, with its pid file in ``run_dir``) is restarted; anyone
+    else's server is left alone.  Returns the start status, or None when nothing was done.
+    """
+    from superres.orchestration import services
+
+    url = s.spark_remote
+    if not url or url != s.spark_connect_local_url or services.listening(url):
+        return None
+    if not services.pid_file("spark-connect").exists():  # not ours to start
+        return None
+    status = services.ensure_spark_connect(url, dict(os.environ if env is None else env))
+    log.warning("the embedded Spark Connect server at %s was not answering: %s", url, status)
+    return status
 
 
 class SparkJobOperator(SparkSubmitOperator):
@@ -118,6 +142,7 @@ class SparkJobOperator(SparkSubmitOperator):
         run = context["ti"].xcom_pull(task_ids=self.run_task_id)
         s = settings_of(run)
         self.application_args = job_arguments(run, s)
+        restart_embedded_spark_connect(s)
         conf = dict(self.conf or {})
         if s.spark_remote:
             # The job is a client of a long-lived Spark Connect server: spark-submit's JVM only

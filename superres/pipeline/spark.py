@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -86,9 +87,9 @@ def _local_defaults(master: str) -> dict[str, str]:
     ``spark.default.parallelism`` is what a local SparkContext uses anyway; it is set so
     that a Spark Connect client, which cannot ask the SparkContext, can read it (parallelism()).
     A local master's shuffle files never cross a network, and what the jobs shuffle (PNGs,
-    float32 SR tiles) barely compresses, so compressing them only costs CPU: the evaluate
+    float16 SR tiles) barely compresses, so compressing them only costs CPU: the evaluate
     job's join and repartition of 64 photos took 4.1-4.7 JVM CPU-s with LZ4, 3.3-3.6 without
-    (benchmarks/README.md, session 14).  A cluster keeps Spark's default.
+    (benchmarks/README.md, *Spark session defaults*).  A cluster keeps Spark's default.
     """
     cores = _local_cores(master)
     if not cores:
@@ -100,7 +101,7 @@ def _local_defaults(master: str) -> dict[str, str]:
 # On a local master the JVM shares the machine's few cores with the Python workers, and
 # C2, the optimising JIT, kept compiling through every run of the inference stage (about
 # 1 CPU-s a run, still in the fourth).  C1 alone: the JVM's CPU per run fell from 2.3-3.0
-# to 1.6-2.1 s and the stage ran about 10 % faster (benchmarks/README, session 5).  A
+# to 1.6-2.1 s and the stage ran about 10 % faster (benchmarks/README.md, *Spark session defaults*).  A
 # cluster's long-lived executors on their own cores keep the default, tiered C2.
 LOCAL_JVM_OPTIONS = "-XX:TieredStopAtLevel=1"
 
@@ -142,7 +143,8 @@ def prefer_installed_pyspark() -> list[str]:
     return dropped
 
 
-def session(app: str, remote: str = "", rows_per_batch: int | None = None, session_id: str = ""):
+def session(app: str, remote: str = "", rows_per_batch: int | None = None, session_id: str = "",
+            connect_timeout_s: float = 120.0):
     """A SparkSession with Arrow on, quiet console progress and the defaults above.
 
     ``rows_per_batch`` overrides both batch sizes of :data:`BATCH_ROW_KEYS` for this
@@ -153,10 +155,13 @@ def session(app: str, remote: str = "", rows_per_batch: int | None = None, sessi
     created here and spark-submit's JVM stays idle.  A SIGTERM (Airflow killing the
     task) then interrupts the session's running operations on the server before the
     client exits, so a killed task never leaves a job writing on the server.
-    ``session_id`` joins that server-side session (see :func:`_remote_session`).
+    ``session_id`` joins that server-side session (see :func:`_remote_session`).  A server
+    that does not answer fails the job within about ``connect_timeout_s``, with a
+    :class:`SparkConnectUnavailable` naming it (see :func:`bounded_retries`).
     """
     prefer_installed_pyspark()
-    spark = _remote_session(app, remote, session_id) if remote else _classic_session(app)
+    spark = (_remote_session(app, remote, session_id, connect_timeout_s) if remote
+             else _classic_session(app))
     if rows_per_batch:
         for key in BATCH_ROW_KEYS:
             spark.conf.set(key, str(rows_per_batch))
@@ -197,22 +202,69 @@ def connect_url(remote: str, session_id: str = "") -> str:
     return f"{base};session_id={session_id}"
 
 
-def _connect(app: str, url: str, fresh: bool = False):
+class SparkConnectUnavailable(RuntimeError):
+    """The Spark Connect server a job runs on does not answer."""
+
+
+def check_reachable(remote: str, timeout_s: float) -> None:
+    """Fail at once, naming the server, when nothing accepts connections at ``remote``.
+
+    Spark Connect's client would otherwise retry the first call for about ten minutes.
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(remote.split(";", 1)[0].replace("sc://", "http://", 1))
+    host, port = parts.hostname or "127.0.0.1", parts.port or 15002
+    try:
+        socket.create_connection((host, port), timeout=min(timeout_s, 10.0)).close()
+    except OSError as exc:
+        raise SparkConnectUnavailable(f"the Spark Connect server at {remote} does not answer "
+                                      f"({exc.strerror or exc})") from None
+
+
+def bounded_retries(timeout_s: float) -> dict[str, Any]:
+    """Spark Connect client retry settings whose backoffs add up to about ``timeout_s``.
+
+    The client's default retries one call for at least ten minutes when the server has gone;
+    this keeps its exponential backoff (50 ms, x4, at most 60 s a wait) but stops it once the
+    waits reach ``timeout_s``.
+    """
+    waits, backoff, total = 0, 50.0, 0.0
+    while total < timeout_s * 1000.0:
+        total += min(backoff, 60_000.0)
+        backoff *= 4
+        waits += 1
+    return {"max_retries": waits, "initial_backoff": 50, "backoff_multiplier": 4.0, "max_backoff": 60_000,
+            "max_server_retry_delay": int(timeout_s * 1000)}
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` says the Spark Connect server stopped answering (retries ran out)."""
+    text = f"{type(exc).__name__}: {exc}"
+    lost = ("RETRIES_EXCEEDED", "RetriesExceeded", "UNAVAILABLE", "Connection refused")
+    return any(s in text for s in lost)
+
+
+def _connect(app: str, url: str, fresh: bool = False, timeout_s: float = 120.0):
     from pyspark.sql import SparkSession
+    from pyspark.sql.connect.client.retries import DefaultPolicy
 
     builder = SparkSession.builder.remote(url).appName(app)
     spark = builder.create() if fresh else builder.getOrCreate()
+    spark.client.set_retry_policies([DefaultPolicy(**bounded_retries(timeout_s))])
     for key in RUNTIME_KEYS:  # every time: a joined session keeps what the last job set
         spark.conf.set(key, SESSION_DEFAULTS[key])
     return spark
 
 
-def _remote_session(app: str, remote: str, session_id: str = ""):
+def _remote_session(app: str, remote: str, session_id: str = "", timeout_s: float = 120.0):
     """A Spark Connect client session; with ``session_id``, the DAG run's shared one.
 
     A Spark Connect server starts a Python daemon, and so fresh Python workers with
-    their imports, for every session (benchmarks/README, session 7): about 2 s per
-    job here.  The Spark tasks of one DAG run therefore join one session (the
+    their imports, for every session: 2.2-2.5 s for a job in a fresh session against
+    0.16-0.23 s in a joined one (benchmarks/README.md, *What limits each figure*).  The
+    Spark tasks of one DAG run therefore join one session (the
     operator passes an id made from the run), so each job after the first finds
     the workers the last one left warm.  Such a session is not released when the
     job ends (the run's next task joins it); the server drops it after its idle
@@ -227,18 +279,23 @@ def _remote_session(app: str, remote: str, session_id: str = ""):
     # spark-submit exports MASTER (spark_default's master) to the Python driver; a client
     # refuses to start with both a master and a remote, and the master is the server's.
     os.environ.pop("MASTER", None)
+    check_reachable(remote, timeout_s)
     try:
-        spark = _connect(app, connect_url(remote, session_id))
+        spark = _connect(app, connect_url(remote, session_id), timeout_s=timeout_s)
     except Exception as exc:
+        if connection_lost(exc):
+            raise SparkConnectUnavailable(f"the Spark Connect server at {remote} stopped answering "
+                                          f"while the job connected: {str(exc).splitlines()[0]}") from exc
         if not session_id or SESSION_CLOSED not in str(exc):
             raise
         log.warning("the run's Spark Connect session %s is closed on the server (idle past its "
                     "timeout); this job starts a session of its own", session_id)
-        spark = _connect(app, remote, fresh=True)
+        spark = _connect(app, remote, fresh=True, timeout_s=timeout_s)
     else:
         if session_id:
             # stop() then closes the connection without releasing the run's session.
             spark.release_session_on_close = False
+    _connected.append(remote)
     spark.addTag(app)
     previous = signal.getsignal(signal.SIGTERM)
 
@@ -286,9 +343,10 @@ def num_partitions(df) -> int:
 
 
 # Parquet codec of each staging dataset.  Photos and PNGs (images, outputs, evaluated) are
-# compressed already and network output (sr_tiles, float16 since session 16) barely
+# compressed already and the network's output (sr_tiles, stored as float16) barely
 # compresses: at N = 64, zstd left outputs at 82 MB and took the float32 sr_tiles from 259
-# to 218 MB, for 40-60 % more JVM CPU per write than none (benchmarks/README.md, session 14).
+# to 218 MB, for 40-60 % more JVM CPU per write than none (benchmarks/README.md,
+# *Spark session defaults*).
 # The input tiles, Y values derived from 8-bit pixels, halve with zstd, so they keep it.
 STAGING_CODECS = {"images": "none", "tiles": "zstd", "sr_tiles": "none", "outputs": "none",
                   "evaluated": "none", "metrics": "zstd"}
@@ -299,7 +357,8 @@ STAGING_CODECS = {"images": "none", "tiles": "zstd", "sr_tiles": "none", "output
 # rows, 100 by default.  Rows here are whole PNGs (1.4 MB at x2 of 512 px, 5.5 MB at x4):
 # a task writing 60 of them buffered one 69 MB row group, and 100 x4 outputs would be
 # 550 MB, so a task's memory grew with the images it wrote.  Measuring from the 4th row
-# keeps row groups near 16 MB whatever the row size (benchmarks/README.md, session 14).
+# keeps row groups near 16 MB whatever the row size (benchmarks/README.md, *Spark session
+# defaults*).
 ROW_GROUP_CHECK_ROWS = 4
 
 
@@ -360,9 +419,31 @@ def job_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--partitions", type=int, default=0, help="0: Spark's default parallelism")
     p.add_argument("--spark-remote", default=s.spark_remote,
                    help="sc://host:port of a Spark Connect server; empty: start a Spark application")
+    p.add_argument("--spark-connect-timeout-s", type=float, default=s.spark_connect_timeout_s,
+                   help="fail when the Spark Connect server has not answered for this long")
     p.add_argument("--spark-session-id", default="",
                    help="UUID of the Connect session to join (a DAG run's tasks share one); empty: a new one")
     return p
+
+
+_connected: list[str] = []  # the Spark Connect server this job is a client of, once connected
+
+
+def run_job(main: Callable[[], int]) -> int:
+    """A Spark job's entry point: a Spark Connect server that stopped answering ends the job
+    with one line naming it (exit 1), not a gRPC traceback after ten minutes of retries."""
+    try:
+        return main()
+    except SparkConnectUnavailable as exc:
+        message = str(exc)
+    except Exception as exc:
+        if not (_connected and connection_lost(exc)):
+            raise
+        message = (f"the Spark Connect server at {_connected[-1]} stopped answering: "
+                   f"{str(exc).strip().splitlines()[0]}")
+    log.error("%s", message)
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    return 1
 
 
 def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
