@@ -12,11 +12,12 @@ DATE   ?=
 N      ?=
 SCALE  ?=
 
-.PHONY: help setup system-deps run test lint up down notify bench
+.PHONY: help setup system-deps run test test-fast lint up down notify bench
 
 help:
 	@echo "make run    run the main job on the embedded defaults"
 	@echo "make test   lint and run the test suite"
+	@echo "make test-fast  the tests that need no JVM, browser or DAG run (the loop while working)"
 	@echo "make up     start Airflow (UI on :8080), the notifier and the offline Picsum source"
 	@echo "make down   stop what make up started"
 	@echo "make bench  performance measurements -> benchmarks/results/latest.json (BENCH_ARGS=--help)"
@@ -56,6 +57,10 @@ lint: $(STAMP)
 test: WITH_BROWSER=1
 test: setup lint
 	$(PY) -m pytest
+
+# Every test that needs no JVM, no browser and no DAG run (markers spark, e2e, browser).
+test-fast: setup lint
+	$(PY) -m pytest -q -m "not spark and not e2e and not browser"
 
 # `make bench [BENCH_ARGS="--images 16 --dag-n 16 64"]`: every performance measurement, one process tree.
 BENCH_ARGS ?=
