@@ -57,17 +57,23 @@ default_args = {
     tags=["superres", "spark", "fsrcnn"],
     doc_md=DOC,
     params={
-        "num_images": Param(8, type="integer", minimum=1, maximum=1000, title="Photos to fetch"),
-        "scale": Param(2, type="integer", enum=[2, 3, 4], title="Upscaling factor"),
-        "tile_size": Param(192, type="integer", minimum=16, maximum=2048, title="Largest LR tile side (px)",
+        "num_images": Param(8, type="integer", minimum=1, maximum=1000, title="Photos",
+                            description="How many photos to fetch for the date (1-1000)."),
+        "scale": Param(2, type="integer", enum=[2, 3, 4], title="Scale",
+                       description="Upscaling factor: the output is this many times the input's size."),
+        "tile_size": Param(192, type="integer", minimum=16, maximum=2048, title="Tile size (px)",
                            description="Each photo is cut into even tiles no larger than this "
                                        "(512 px: 3 x 171)."),
-        "image_width": Param(512, type="integer", minimum=16, maximum=5000, title="Photo width (px)"),
-        "image_height": Param(512, type="integer", minimum=16, maximum=5000, title="Photo height (px)"),
-        "mode": Param("evaluate", type="string", enum=["evaluate", "upscale"],
-                      title="evaluate: downscale, SR and compare; upscale: SR the photo as is"),
-        "ds": Param(None, type=["null", "string"], format="date", title="Run date override (YYYY-MM-DD)",
-                    description="Leave empty to use the run's logical date (or run_after)."),
+        "image_width": Param(512, type="integer", minimum=16, maximum=5000, title="Photo width (px)",
+                             description="Width of the photos asked of the source."),
+        "image_height": Param(512, type="integer", minimum=16, maximum=5000, title="Photo height (px)",
+                              description="Height of the photos asked of the source."),
+        "mode": Param("evaluate", type="string", enum=["evaluate", "upscale"], title="Mode",
+                      description="evaluate: downscale each photo, super-resolve it and score it "
+                                  "against the original and bicubic; upscale: super-resolve the "
+                                  "photo as it is (no ground truth, so no PSNR)."),
+        "ds": Param(None, type=["null", "string"], format="date", title="Run date",
+                    description="YYYY-MM-DD. Leave empty to use the run's logical date (or run_after)."),
     },
 )
 def superres_daily():

@@ -132,3 +132,11 @@ def test_a_run_whose_settings_cannot_work_fails_at_once_and_ends_failed(
     assert state["notify"] == "failed" and tis["notify"].try_number == 1, state
     assert state["watcher"] == "failed"
     assert state["fetch"] == "upstream_failed"
+
+
+def test_every_param_has_a_short_title_and_a_description(dag) -> None:
+    for name in dag.params:
+        param = dag.params.get_param(name)
+        title, description = param.schema.get("title") or "", param.description or ""
+        assert 0 < len(title.split()) <= 3, (name, title)
+        assert description.endswith("."), (name, description)
