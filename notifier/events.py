@@ -36,6 +36,11 @@ bounds above.
 * Metric values are numbers or null: PSNR in ``PSNR_RANGE`` dB or
   ``Infinity`` (an exact reconstruction), SSIM in ``SSIM_RANGE``; NaN is read
   as null.  Timings are finite seconds within ``±MAX_SECONDS``.
+* ``source``: what the run asked of the photo source, or null/absent (events
+  sent before it existed): ``{requested, available}``, each an integer in
+  0..``MAX_COUNT`` or null.  ``requested`` is the photos asked for,
+  ``available`` how many the source listed; when it lists fewer, ``counts.fetched``
+  is all of them and the run page says so (:func:`source_shortfall`).
 * ``metrics.images[].flags``: the evaluate stage's per-image gate
   (``superres.pipeline.evaluate.image_flags``, e.g. ``sr_below_bicubic``,
   ``near_constant_output``), an array of at most ``MAX_FLAGS`` ids of at most
@@ -57,6 +62,7 @@ from superres.config import MODES
 
 STATES = ("success", "failed")
 COUNT_FIELDS = ("fetched", "processed", "quarantined")
+SOURCE_FIELDS = ("requested", "available")
 METRIC_FIELDS = ("psnr", "ssim", "psnr_bicubic", "ssim_bicubic")
 KEY_FIELDS = ("original", "bicubic", "sr", "comparison")
 TRANSPORT_FIELDS = ("sent_at",)  # differ between re-deliveries of the same event
@@ -228,9 +234,11 @@ class _Checker:
             return None
         return value
 
-    def count(self, value: Any, path: str) -> int | None:
+    def count(self, value: Any, path: str, *, nullable: bool = False) -> int | None:
+        if value is None and nullable:
+            return None
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
-            self.fail(path, f"an integer from 0 to {MAX_COUNT}")
+            self.fail(path, f"an integer from 0 to {MAX_COUNT}" + (", or null" if nullable else ""))
             return None
         return value
 
@@ -368,6 +376,11 @@ def parse_event(body: bytes) -> Event:
             if value is not None:
                 counts[name] = value
 
+    source = c.obj(data.get("source"), "source")
+    for name in SOURCE_FIELDS:
+        if source is not None:
+            c.count(source.get(name), f"source.{name}", nullable=True)
+
     key = data.get("idempotency_key")
     if key is not None and not (isinstance(key, str) and IDEMPOTENCY_RE.fullmatch(key)):
         c.fail("idempotency_key",
@@ -469,6 +482,28 @@ def _is_time(value: Any) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _plain_count(value: Any) -> int | None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT
+    return value if ok else None
+
+
+def source_shortfall(document: Any) -> dict[str, int] | None:
+    """``{fetched, requested, available}`` when the source listed fewer photos than requested.
+
+    From a stored event document; None for a run that got what it asked for, or an
+    event that does not say (sent before ``source`` existed).
+    """
+    source = document.get("source") if isinstance(document, dict) else None
+    counts = document.get("counts") if isinstance(document, dict) else None
+    if not isinstance(source, dict) or not isinstance(counts, dict):
+        return None
+    requested, available = _plain_count(source.get("requested")), _plain_count(source.get("available"))
+    fetched = _plain_count(counts.get("fetched"))
+    if requested is None or available is None or fetched is None or available >= requested:
+        return None
+    return {"fetched": fetched, "requested": requested, "available": available}
 
 
 def image_flags(document: Any) -> dict[str, tuple[str, ...]]:

@@ -18,7 +18,7 @@ from flask import Blueprint, abort, current_app, render_template
 
 from . import db
 from .chart import trend_chart
-from .events import image_flags
+from .events import image_flags, source_shortfall
 
 bp = Blueprint("gallery", __name__)
 
@@ -57,6 +57,7 @@ def run(run_id: str) -> str:
         images=[{**dict(img), "flags": flags.get(img["image_id"], ())}
                 for img in db.images_of(conn, row["idempotency_key"])],
         flagged=len(flags),
+        shortfall=source_shortfall(doc),
         reports=db.reports_for_run(conn, run_id),
         failed_tasks=[t for t in doc.get("failed_tasks") or [] if isinstance(t, str)],
         quarantine=[q for q in doc.get("quarantine") or [] if isinstance(q, dict)],

@@ -5,7 +5,13 @@ whatever the run or machine), so reruns and backfills reproduce a day exactly.
 Every body is validated with :func:`superres.images.decode` *before* it is
 stored: good photos land in ``raw/ds=…/<image_id>.<ext>``; anything else goes
 to ``quarantine/ds=…/<image_id>.bin`` with a record saying why.  Nothing is
-dropped silently: ``requested == len(images) + len(quarantined)``.
+dropped silently: ``fetched == len(images) + len(quarantined)``.
+
+A source may list fewer photos than the run asks for (the offline source has
+9): then every listed photo is fetched, and the manifest says so.  It records
+``requested`` (``num_images``), ``available`` (how many the source lists),
+``fetched`` (how many were taken: the smaller of the two) and ``shortfall``, a
+sentence when the source is short and null otherwise (:func:`source_counts`).
 
 Network hygiene: connect/read timeouts, a deadline for the whole body (a
 server trickling bytes just inside the read timeout cannot hold a worker
@@ -176,6 +182,32 @@ def select(photos: list[Listed], ds: str, n: int) -> list[Listed]:
     ordered = sorted(photos, key=lambda p: id_sort_key(p.picsum_id))
     chosen = random.Random(date_seed(ds)).sample(ordered, min(n, len(ordered)))
     return sorted(chosen, key=lambda p: id_sort_key(p.picsum_id))
+
+
+def shortfall(requested: int, available: int | None) -> str | None:
+    """A sentence saying the source lists fewer photos than requested; None when it does not."""
+    if available is None or available >= requested:
+        return None
+    return (f"{available} of {requested} requested: the source has only {available} "
+            f"photo{'s' if available != 1 else ''}")
+
+
+def source_counts(manifest: dict[str, Any]) -> dict[str, Any]:
+    """``requested``/``available``/``fetched``/``shortfall`` of a manifest, whatever its age.
+
+    Manifests written before ``fetched`` existed called the photos taken ``requested``
+    and the photos asked for ``wanted``; those are read in that sense.
+    """
+    if "fetched" in manifest:
+        fetched, requested = int(manifest["fetched"]), int(manifest["requested"])
+    else:
+        taken = len(manifest.get("images", [])) + len(manifest.get("quarantined", []))
+        fetched = int(manifest.get("requested", taken))
+        requested = int(manifest.get("wanted", fetched))
+    available = manifest.get("available")
+    available = int(available) if isinstance(available, int) and not isinstance(available, bool) else None
+    return {"requested": requested, "available": available, "fetched": fetched,
+            "shortfall": shortfall(requested, available)}
 
 
 def parse_listing(payload: Any, where: str) -> list[Listed]:
@@ -545,15 +577,16 @@ def fetch_partition(settings: Settings, ds: str, storage: Storage,
     """Fetch the date's photos into ``raw/ds=…`` (replacing any earlier run) and return the manifest.
 
     Raises FetchError after writing the manifest and quarantine records when
-    fewer than ``min_success_ratio`` of the requested photos are usable.
+    fewer than ``min_success_ratio`` of the fetched photos are usable (a source
+    listing fewer photos than requested is not a failure: it is recorded).
     """
     validate_ds(ds)
     with client(settings, sleep) as http:
         listed = list_photos(http)
         chosen = select(listed, ds, settings.num_images)
-        if len(chosen) < settings.num_images:
-            log.warning("the source lists only %d photos; fetching all of them instead of %d",
-                        len(chosen), settings.num_images)
+        short = shortfall(settings.num_images, len(listed))
+        if short:
+            log.warning("%s; fetching all of them", short)
         log.info("fetching %d photos for ds=%s from %s: ids %s", len(chosen), ds,
                  redact_url(http.base_url), [p.picsum_id for p in chosen])
         with ThreadPoolExecutor(max_workers=max(1, settings.fetch_concurrency),
@@ -571,39 +604,41 @@ def fetch_partition(settings: Settings, ds: str, storage: Storage,
         o.quarantine["key"] = (f"{quarantine_prefix(ds)}{o.quarantine['image_id']}.bin"
                                if id(o) in kept_ids else None)
     quarantined = [o.quarantine for o in bad]
-    requested = len(chosen)
-    ratio = len(good) / requested if requested else 0.0
+    fetched = len(chosen)
+    ratio = len(good) / fetched if fetched else 0.0
     manifest: dict[str, Any] = {
         "ds": ds,
         "source": redact_url(http.base_url),
         "size": {"width": settings.image_width, "height": settings.image_height},
-        "wanted": settings.num_images,
+        "requested": settings.num_images,
         "available": len(listed),
-        "requested": requested,
+        "fetched": fetched,
+        "shortfall": short,
         "selected": [p.picsum_id for p in chosen],
         "images": [o.image for o in good],
         "quarantined": quarantined,
         "success_ratio": round(ratio, 6),
         "min_success_ratio": settings.min_success_ratio,
     }
-    assert requested == len(manifest["images"]) + len(quarantined), "fetch lost track of a photo"
+    assert fetched == len(manifest["images"]) + len(quarantined), "fetch lost track of a photo"
 
     # Quarantine and its report first, so a failing run still leaves the evidence.
     q_files = {f"{o.quarantine['image_id']}.bin": o.body for o in kept if o.quarantine}
     q_files["_quarantine.json"] = _json_bytes({"ds": ds, "quarantined": quarantined})
     storage.replace_partition(quarantine_prefix(ds), q_files)
-    storage.write_json(report_key(ds), {"ds": ds, "requested": requested, "quarantined": quarantined})
+    storage.write_json(report_key(ds), {"ds": ds, "requested": settings.num_images, "fetched": fetched,
+                                        "quarantined": quarantined})
 
     raw_files = {o.image["key"][len(raw_prefix(ds)):]: o.body for o in good if o.image}
     raw_files["_manifest.json"] = _json_bytes(manifest)
     storage.replace_partition(raw_prefix(ds), raw_files)
-    log.info("ds=%s: %d of %d photos stored in %s, %d quarantined", ds, len(good), requested,
+    log.info("ds=%s: %d of %d photos stored in %s, %d quarantined", ds, len(good), fetched,
              storage.uri(raw_prefix(ds)), len(bad))
 
     if ratio < settings.min_success_ratio:
         reasons = sorted({str(q["reason"]) for q in quarantined})
         raise FetchError(
-            f"only {len(good)} of {requested} photos for ds={ds} are usable "
+            f"only {len(good)} of {fetched} photos for ds={ds} are usable "
             f"({ratio:.0%} < min_success_ratio {settings.min_success_ratio:.0%}); "
             f"quarantine reasons: {', '.join(reasons) or 'none'}; see {storage.uri(report_key(ds))}",
             manifest,

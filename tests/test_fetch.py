@@ -135,3 +135,60 @@ def test_listing_pages_until_empty(picsum_url: str) -> None:
         photos = fetch.list_photos(http, limit=2)
         assert [p.picsum_id for p in photos] == [str(i) for i in range(9)]
         assert len(fetch.list_photos(http, max_pages=2, limit=2)) == 4  # bounded
+
+
+# --------------------------------------------------------------------------- a source with fewer photos
+
+
+def _report_as_run(settings: Settings, manifest: dict[str, Any], local: LocalStorage) -> dict[str, Any]:
+    """run.json for a fetched date whose every photo was processed (an SR PNG each)."""
+    from superres.orchestration.tasks import build_report
+
+    local.replace_partition(f"sr/ds={DS}", {f"{i['image_id']}.png": b"png" for i in manifest["images"]})
+    report = build_report({"ds": DS, "run_id": "manual__short", "settings": settings.public()}, local)
+    local.write_json(f"reports/ds={DS}/run.json", report)
+    return report
+
+
+def test_a_source_with_fewer_photos_than_requested_is_recorded(picsum_url: str, local: LocalStorage) -> None:
+    settings = settings_for(picsum_url, num_images=64)
+    manifest = fetch_partition(settings, DS, local)
+    assert (manifest["requested"], manifest["available"], manifest["fetched"]) == (64, 9, 9)
+    assert manifest["shortfall"] == "9 of 64 requested: the source has only 9 photos"
+    assert manifest["fetched"] == len(manifest["images"]) + len(manifest["quarantined"]) == 9
+    assert local.read_json(f"raw/ds={DS}/_manifest.json") == manifest
+    assert local.read_json(f"reports/ds={DS}/quarantine.json")["requested"] == 64
+
+    report = _report_as_run(settings, manifest, local)
+    assert report["source"] == {"requested": 64, "available": 9, "fetched": 9,
+                                "shortfall": "9 of 64 requested: the source has only 9 photos"}
+    assert report["counts"] == {"fetched": 9, "processed": 9, "quarantined": 0}
+    assert report["reconciled"] is True
+
+
+def test_a_source_with_enough_photos_has_no_shortfall(picsum_url: str, local: LocalStorage) -> None:
+    settings = settings_for(picsum_url, num_images=9)
+    manifest = fetch_partition(settings, DS, local)
+    assert (manifest["requested"], manifest["available"], manifest["fetched"]) == (9, 9, 9)
+    assert manifest["shortfall"] is None
+    report = _report_as_run(settings, manifest, local)
+    assert report["source"] == {"requested": 9, "available": 9, "fetched": 9, "shortfall": None}
+
+
+def test_summary_says_requested_versus_available(picsum_url: str, local: LocalStorage) -> None:
+    from superres.orchestration.localrun import summary
+
+    for n, line in ((64, "  images in:     9 fetched of 64 requested (the source has 9) (0 quarantined)"),
+                    (4, "  images in:     4 fetched (0 quarantined)")):
+        settings = settings_for(picsum_url, num_images=n, storage_uri=str(local.root))
+        _report_as_run(settings, fetch_partition(settings, DS, local), local)
+        assert line in summary(settings, DS).splitlines()
+
+
+def test_a_manifest_from_before_fetched_existed_is_read_in_its_own_sense() -> None:
+    """Older manifests called the photos taken ``requested`` and those asked for ``wanted``."""
+    old = {"wanted": 64, "available": 9, "requested": 9, "images": [{}] * 8, "quarantined": [{}]}
+    assert fetch.source_counts(old) == {"requested": 64, "available": 9, "fetched": 9,
+                                        "shortfall": "9 of 64 requested: the source has only 9 photos"}
+    bare = {"requested": 3, "images": [{}] * 2, "quarantined": [{}]}
+    assert fetch.source_counts(bare) == {"requested": 3, "available": None, "fetched": 3, "shortfall": None}

@@ -106,9 +106,12 @@ def summary(settings: Settings, ds: str) -> str:
     storage = open_storage(settings.storage_uri, aws_conn_id=None)
     rep = storage.read_json(layout.report_key(ds, "run.json"))
     c = rep["counts"]
+    src = rep.get("source") or {}
+    short = (f" of {src['requested']} requested (the source has {src['available']})"
+             if src.get("shortfall") else "")
     lines = [
         f"superres_daily ds={ds}: {rep['mode']} x{rep['scale']}",
-        f"  images in:     {c['fetched']} fetched ({c['quarantined']} quarantined)",
+        f"  images in:     {c['fetched']} fetched{short} ({c['quarantined']} quarantined)",
         f"  SR written:    {c['processed']} PNGs in {rep['outputs']['sr']}",
     ]
     metrics = rep.get("metrics")

@@ -57,6 +57,8 @@ def build_event(run: dict[str, Any], storage: Storage, failed_tasks: list[str], 
     the files it finds.  ``sr/`` keeps the last *published* outputs, so a rerun that
     failed before its evaluate published lists no images rather than an earlier run's.
     """
+    from superres.fetch import source_counts
+
     ds = run["ds"]
     empty: dict[str, Any] = {"images": [], "quarantined": []}
     owned = (_maybe_json(storage, layout.owner_key(ds)) or {}).get("run_id") == run["run_id"]
@@ -85,8 +87,11 @@ def build_event(run: dict[str, Any], storage: Storage, failed_tasks: list[str], 
             "comparison": cmp_key if cmp_key in artifacts else None,
         })
     quarantine = report.get("quarantine") or manifest.get("quarantined", [])
+    # Requested versus what the source has (``source.available``), so a short source is not
+    # mistaken for a short run; an old run.json without it is read from the manifest.
+    source = report.get("source") or (source_counts(manifest) if manifest is not empty else None)
     counts = report.get("counts") or {
-        "fetched": int(manifest.get("requested", len(manifest["images"]) + len(manifest["quarantined"]))),
+        "fetched": source["fetched"] if source else 0,
         "processed": len(images), "quarantined": len(quarantine),
     }
     return {
@@ -99,6 +104,7 @@ def build_event(run: dict[str, Any], storage: Storage, failed_tasks: list[str], 
         "state": "failed" if failed_tasks else "success",
         "failed_tasks": failed_tasks,
         "counts": counts,
+        "source": {"requested": source["requested"], "available": source["available"]} if source else None,
         "metrics": {"mean": metrics.get("mean"), "images": metrics.get("images", [])} if metrics else None,
         "images": images,
         "outputs": {"sr": storage.uri(layout.sr_prefix(ds)),

@@ -41,7 +41,7 @@ def release_date(run: dict[str, Any], storage: Storage | None = None) -> bool:
 
 def fetch(run: dict[str, Any]) -> dict[str, Any]:
     """Fetch the date's photos into ``raw/ds=…`` (see superres.fetch)."""
-    from superres.fetch import fetch_partition
+    from superres.fetch import fetch_partition, source_counts
 
     t0 = time.time()
     storage = storage_for(run)
@@ -52,12 +52,14 @@ def fetch(run: dict[str, Any]) -> dict[str, Any]:
     storage.write_json(layout.owner_key(run["ds"]), {"ds": run["ds"], "run_id": run["run_id"]})
     manifest = fetch_partition(settings_of(run), run["ds"], storage)
     seconds = round(time.time() - t0, 3)
+    src = source_counts(manifest)
     storage.write_json(layout.report_key(run["ds"], "stages/fetch.json"), {
-        "stage": "fetch", "ds": run["ds"], "seconds": seconds, "requested": manifest["requested"],
+        "stage": "fetch", "ds": run["ds"], "seconds": seconds, "requested": src["requested"],
+        "available": src["available"], "fetched": src["fetched"],
         "images": len(manifest["images"]), "quarantined": len(manifest["quarantined"]),
     })
-    return {"requested": manifest["requested"], "images": len(manifest["images"]),
-            "quarantined": len(manifest["quarantined"])}
+    return {"requested": src["requested"], "available": src["available"], "fetched": src["fetched"],
+            "images": len(manifest["images"]), "quarantined": len(manifest["quarantined"])}
 
 
 def _read_stage(storage: Storage, ds: str, stage: str) -> dict[str, Any] | None:
@@ -85,15 +87,23 @@ def _quality_summary(storage: Storage, ds: str) -> dict[str, Any] | None:
 
 
 def build_report(run: dict[str, Any], storage: Storage) -> dict[str, Any]:
-    """``run.json``: counts that must reconcile, per-stage timings and the (public) config."""
+    """``run.json``: counts that must reconcile, per-stage timings and the (public) config.
+
+    ``source`` says how many photos were requested, how many the source lists and
+    how many were fetched, with a ``shortfall`` sentence when the source had fewer
+    than requested; ``counts.fetched`` is what was taken, so the counts reconcile either way.
+    """
+    from superres.fetch import source_counts
+
     ds = run["ds"]
     manifest = storage.read_json(layout.manifest_key(ds))
+    source = source_counts(manifest)
     stages = {name: _read_stage(storage, ds, name) for name in ("fetch", *STAGES)}
     split_q = (stages["split"] or {}).get("quarantine", [])
     quarantined = list(manifest["quarantined"]) + [dict(q, source="split") for q in split_q]
     outputs = [k for k in storage.list(layout.sr_prefix(ds)) if k.endswith(".png")]
     counts = {
-        "fetched": manifest["requested"],
+        "fetched": source["fetched"],
         "processed": len(outputs),
         "quarantined": len(quarantined),
     }
@@ -103,6 +113,7 @@ def build_report(run: dict[str, Any], storage: Storage) -> dict[str, Any]:
         "mode": run["settings"]["mode"],
         "scale": run["settings"]["scale"],
         "counts": counts,
+        "source": source,
         "reconciled": counts["fetched"] == counts["processed"] + counts["quarantined"],
         "timings": {k: v["seconds"] for k, v in stages.items() if v},
         "quarantine": quarantined,

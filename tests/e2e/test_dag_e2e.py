@@ -65,7 +65,7 @@ def check_outputs(read, list_keys, ds: str, scale: int, mode: str) -> dict[str, 
         cw, ch = (min(COMPARE_CROP, side) for side in out.size)
         assert compare.size == (panels * cw + (panels - 1) * COMPARE_GAP, ch)
     c = report["counts"]
-    assert c["fetched"] == c["processed"] + c["quarantined"] == manifest["requested"]
+    assert c["fetched"] == c["processed"] + c["quarantined"] == manifest["fetched"]
     assert report["reconciled"] is True
     return {"manifest": manifest, "report": report}
 

@@ -265,3 +265,46 @@ def test_events_the_notify_task_builds_are_accepted(tmp_path: Path, app_config: 
                            headers=notify_mod.signed_headers(body, app_config["CALLBACK_SECRET"], key))
     assert response.status_code == 201, response.json
     assert client.get("/runs/" + run_id).status_code == 200
+
+
+# --------------------------------------------------------------------------- requested versus available
+
+
+@pytest.mark.parametrize("source", [{"requested": 64, "available": 9}, {"requested": 4, "available": 9},
+                                    {"requested": 64, "available": None}, None, "absent"])
+def test_source_counts_are_accepted_and_events_without_them_stay_valid(client: FlaskClient,
+                                                                       source: Any) -> None:
+    event = make_event()
+    if source != "absent":
+        event["source"] = source
+    assert post_event(client, event).status_code == 201
+    stored = client.get("/api/runs/" + event["run_id"]).json["event"]
+    assert stored.get("source") == (None if source == "absent" else source)
+
+
+@pytest.mark.parametrize("source", [
+    {"requested": -1, "available": 9}, {"requested": 64, "available": 10**12},
+    {"requested": "64", "available": 9}, {"requested": 64, "available": True},
+    {"requested": 64.0, "available": 9}, [64, 9], "64 of 9", 64,
+])
+def test_source_counts_out_of_range_or_of_the_wrong_type_are_refused(client: FlaskClient, app: Flask,
+                                                                     source: Any) -> None:
+    answer = _refused(post_event(client, variant(make_event(), source=source), key="src"), app,
+                      "invalid_event")
+    assert all(p.startswith("source") for p in answer["problems"]), answer
+
+
+def test_the_notify_task_sends_requested_versus_available(tmp_path: Path) -> None:
+    """The event carries run.json's ``source`` (or the manifest's, for an older run.json)."""
+    ds, run_id = "2026-03-01", "manual__2026-03-01T10:11:12+00:00"
+    run = _seed(tmp_path / "store", ds, run_id, "upscale")
+    storage = LocalStorage(tmp_path / "store")
+    event = notify_mod.build_event(run, storage, [], "superres_daily", "k")
+    assert event["source"] == {"requested": 3, "available": None}  # an older manifest: no `available`
+    report = storage.read_json(f"reports/ds={ds}/run.json")
+    storage.write_json(f"reports/ds={ds}/run.json", dict(report, source={
+        "requested": 64, "available": 3, "fetched": 3,
+        "shortfall": "3 of 64 requested: the source has only 3 photos"}))
+    event = notify_mod.build_event(run, storage, [], "superres_daily", "k")
+    assert event["source"] == {"requested": 64, "available": 3}
+    assert event["counts"]["fetched"] == 3

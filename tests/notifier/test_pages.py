@@ -330,3 +330,44 @@ def test_the_flags_metrics_json_holds_reach_the_gallery(tmp_path: Any, app_confi
         assert FLAG_CHIP.findall(cards["11"]) == ["near_constant_output"]
         assert not FLAG_CHIP.findall(cards["10"])
         assert 'data-flagged="1"' in page
+
+
+SHORTFALL = re.compile(r"<p [^>]*data-shortfall[^>]*>([^<]*)</p>")
+
+
+def test_run_page_says_when_the_source_had_fewer_photos_than_requested(client: FlaskClient) -> None:
+    short = dict(make_event(), source={"requested": 64, "available": 3})
+    assert post_event(client, short).status_code == 201
+    page = client.get("/runs/" + short["run_id"]).get_data(as_text=True)
+    counts = page[page.index("<h2>Counts</h2>"):page.index("<h2>Failed tasks</h2>")]
+    assert SHORTFALL.findall(counts) == ["3 of 64 requested: the source has only 3."]
+    assert '<dd data-count="fetched">3</dd>' in counts
+    others = ({"requested": 3, "available": 9}, {"requested": 64, "available": None}, None)
+    for n, source in enumerate(others):
+        plain = dict(make_event(ds=f"2026-01-1{n}", run_id=f"scheduled__2026-01-1{n}"), source=source)
+        assert post_event(client, plain).status_code == 201
+        assert "data-shortfall" not in client.get("/runs/" + plain["run_id"]).get_data(as_text=True)
+
+
+def test_a_short_source_reaches_the_run_page_from_the_notify_task(tmp_path: Any,
+                                                                  app_config: dict[str, Any]) -> None:
+    """From run.json's ``source``, through the notify task's event, to the run page."""
+    from superres.orchestration import notify as notify_mod
+    from superres.storage import LocalStorage
+    from tests.notifier.test_callback_schema import _seed
+
+    ds, run_id = "2026-03-01", "scheduled__2026-03-01T00:00:00+00:00"
+    run = _seed(tmp_path / "store", ds, run_id, "evaluate")
+    storage = LocalStorage(tmp_path / "store")
+    report = storage.read_json(f"reports/ds={ds}/run.json")
+    storage.write_json(f"reports/ds={ds}/run.json", dict(report, source={
+        "requested": 64, "available": 3, "fetched": 3,
+        "shortfall": "3 of 64 requested: the source has only 3 photos"}))
+    key = f"{run_id}#0"
+    body = notify_mod.encode(notify_mod.build_event(run, storage, [], "superres_daily", key))
+    client = create_app(app_config).test_client()
+    response = client.post(notify_mod.CALLBACK_PATH, data=body,
+                           headers=notify_mod.signed_headers(body, app_config["CALLBACK_SECRET"], key))
+    assert response.status_code == 201, response.json
+    page = client.get("/runs/" + run_id).get_data(as_text=True)
+    assert SHORTFALL.findall(page) == ["3 of 64 requested: the source has only 3."]

@@ -75,7 +75,7 @@ def test_every_bad_image_kind_through_the_fetch_stage(faulty: FaultyPicsum, stor
     manifest = bounded(lambda: fetch_partition(settings, DS, store))
 
     # Counts reconcile and every id is accounted for exactly once.
-    assert manifest["requested"] == PHOTOS == len(manifest["images"]) + len(manifest["quarantined"])
+    assert manifest["fetched"] == PHOTOS == len(manifest["images"]) + len(manifest["quarantined"])
     quarantined = {q["image_id"]: q for q in manifest["quarantined"]}
     accepted = {i["image_id"]: i for i in manifest["images"]}
     assert set(quarantined) | set(accepted) == {str(i) for i in range(PHOTOS)}
@@ -98,7 +98,8 @@ def test_every_bad_image_kind_through_the_fetch_stage(faulty: FaultyPicsum, stor
 
     # The records are in the run's report and beside the kept bodies.
     report = store.read_json(f"reports/ds={DS}/quarantine.json")
-    assert report == {"ds": DS, "requested": PHOTOS, "quarantined": manifest["quarantined"]}
+    assert report == {"ds": DS, "requested": PHOTOS, "fetched": PHOTOS,
+                      "quarantined": manifest["quarantined"]}
     assert store.read_json(f"quarantine/ds={DS}/_quarantine.json")["quarantined"] == manifest["quarantined"]
     marker = store.read_marker(f"quarantine/ds={DS}")
     assert marker is not None

@@ -55,7 +55,7 @@ def only_reason(manifest: dict) -> str:
 
 
 def assert_reconciled(manifest: dict, storage: LocalStorage) -> None:
-    assert manifest["requested"] == len(manifest["images"]) + len(manifest["quarantined"])
+    assert manifest["fetched"] == len(manifest["images"]) + len(manifest["quarantined"])
     report = storage.read_json(f"reports/ds={DS}/quarantine.json")
     assert report["quarantined"] == manifest["quarantined"]
 
