@@ -128,6 +128,7 @@ _STAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}")
 _MESSAGE = re.compile(r"\[\s*\w+\s*\] (.*?)(?: \[[\w.]+\](?: |$)|$)")
 _START = re.compile(r"\[DAG TEST\] starting task_id=(\S+)")
 _END = re.compile(r"\[DAG TEST\] end task task_id=(\S+)")
+_RUN_ID = re.compile(r"\[DAG TEST\] running task <TaskInstance: \S+ (\S+) ")
 _TRACEBACK_MARKERS = ("Traceback (most recent call last)", "The above exception", "During handling")
 _SAID = ("which holds the date", "taking over the lease")  # lease lines a waiting user must see
 
@@ -139,6 +140,7 @@ class DagTestLog:
 
     tries: dict[str, int] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)  # task -> error of its last try, if it failed
+    run_id: str | None = None
     _task: str | None = None
     _started: float = 0.0
     _in_traceback: bool = False
@@ -158,6 +160,8 @@ class DagTestLog:
                 self._error = line.strip()
             self._prev_indented = indented or line.startswith(_TRACEBACK_MARKERS)
             return None
+        if self.run_id is None and (m := _RUN_ID.search(line)) is not None:
+            self.run_id = m.group(1)
         if (m := _START.search(line)) is not None:
             self._task, self._started, self._error = m.group(1), now, None
             self.tries[self._task] = self.tries.get(self._task, 0) + 1
@@ -249,6 +253,26 @@ def run_dags_test(cmd: list[str], env: dict[str, str], log_path: Path,
             stop_tree(proc)
 
 
+# `airflow dags test` records the logical date as the run's start (a run of a past date
+# would last weeks in Airflow's run list and duration chart); this puts the real one back.
+_SET_START = """
+import datetime as dt, sys
+from sqlalchemy import update
+from airflow.models.dagrun import DagRun
+from airflow.utils.session import create_session
+with create_session() as session:
+    session.execute(update(DagRun).where(DagRun.dag_id == sys.argv[1], DagRun.run_id == sys.argv[2])
+                    .values(start_date=dt.datetime.fromisoformat(sys.argv[3])))
+"""
+
+
+def record_start(env: dict[str, str], run_id: str, started: dt.datetime) -> bool:
+    """Set the DAG run's start date in the metadata DB to when it really started."""
+    r = subprocess.run([sys.executable, "-c", _SET_START, DAG_ID, run_id, started.isoformat()], env=env,
+                       capture_output=True, text=True)
+    return r.returncode == 0
+
+
 def _date(text: str) -> str:
     """``--date``: a real calendar date, checked before anything is started."""
     from superres.pipeline.layout import check_ds
@@ -294,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         if started:
             print(f"offline Picsum source on {started}")
         print(f"running {DAG_ID} for {ds} {json.dumps(conf)} (log: {log_path})", flush=True)
-        t0 = time.time()
+        t0, started = time.time(), dt.datetime.now(dt.UTC)
         cmd = [sys.executable, "-m", "airflow", "dags", "test", DAG_ID, ds, "-c", json.dumps(conf)]
         # Every task of this run runs inside that one process, so its lease can name it.
         child_env = dict(env, SUPERRES_LEASE_PROCESS_SCOPED="1")
@@ -305,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"log: {log_path}", file=sys.stderr)
             return 128 + exc.signum
         elapsed = time.time() - t0
+    if parsed.run_id and not record_start(env, parsed.run_id, started):
+        print(f"  (could not record the run's start date in {env['AIRFLOW_HOME']})", file=sys.stderr)
     text = log_path.read_text(errors="replace")
     if rc != 0 or "state=success" not in text.split("DagRun Finished")[-1]:
         for line in parsed.failures() or [f"airflow dags test exited with {rc}"]:

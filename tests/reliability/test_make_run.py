@@ -177,3 +177,15 @@ def test_a_killed_make_run_leaves_nothing_running_and_the_rerun_just_works(make_
     assert "taking over the lease of run" in out and "has ended" in out
     assert "SR written:    1 PNGs" in out
     assert not (tmp_path / "data" / f"locks/ds={ds}").exists()
+
+    # Airflow's run list shows the rerun's true duration, not the weeks since its logical date.
+    import datetime as dt
+    import sys
+
+    cmd = [sys.executable, "-m", "airflow", "dags", "list-runs", "superres_daily", "-o", "json"]
+    listed = subprocess.run(cmd, env=make_run_env, capture_output=True, text=True, timeout=300,
+                            check=True).stdout
+    runs = json.loads(listed[listed.index("[{"):])
+    (done,) = [r for r in runs if r["state"] == "success" and r["logical_date"].startswith(ds)]
+    start, end = (dt.datetime.fromisoformat(done[k]) for k in ("start_date", "end_date"))
+    assert dt.timedelta(0) < end - start < dt.timedelta(hours=1), done
