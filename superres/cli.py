@@ -31,36 +31,22 @@ def _reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: an integer of at least 1, else exit 2 with the usage."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
+def _bounded(parse, minimum: float, what: str):
+    """An argparse type: ``parse(text)``, refused (exit 2 with the usage) below ``minimum`` or infinite."""
+    def check(text: str):
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+        if not minimum <= value < float("inf"):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text if parse is float else value}")
+        return value
+    return check
 
 
-def _ratio(text: str) -> float:
-    """An argparse type: a finite number of at least 1 (a longest-over-shortest side ratio)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number >= 1, got {text!r}") from None
-    if not 1.0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 1, got {text}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
-    return value
+positive_int = _bounded(int, 1, "a positive integer")
+_non_negative = _bounded(int, 0, "an integer >= 0")
+_ratio = _bounded(float, 1.0, "a finite number >= 1")
 
 
 def _progress(i: int, n: int, name: str, t0: float) -> None:
